@@ -1,0 +1,66 @@
+"""The book-compatible endpoints: `POST /add_batch` and `POST /allocate`.
+
+They dispatch commands through the bus and, before answering, wait (bounded) for the read
+models to reflect the write, so a client that reads straight away sees what it wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from allocation.api.serializers import AddBatchCompatSerializer, AllocateCompatSerializer
+from allocation.apps import get_bus
+from allocation.bootstrap import READ_MODEL_HANDLERS
+from allocation.domain import commands
+from allocation.outbox import wait_for_deliveries
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+def correlation_id(request: Request) -> str:
+    given = request.headers.get(CORRELATION_HEADER, "").strip()
+    return given[:64] if given else str(uuid.uuid4())
+
+
+class CommandApi(APIView):
+    serializer_class: type[serializers.Serializer]
+
+    def handle(self, request: Request, command: commands.Command):
+        """Run the command, then wait for its projections (read-your-writes)."""
+        cid = correlation_id(request)
+        result = get_bus().handle(command, correlation_id=cid)
+        wait_for_deliveries(cid, READ_MODEL_HANDLERS, settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT)
+        return result
+
+    def validated(self, request: Request) -> dict:
+        serializer = self.serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+class BatchAddCompatApi(CommandApi):
+    """`POST /add_batch {"ref", "sku", "qty", "eta"}` -> 201."""
+
+    serializer_class = AddBatchCompatSerializer
+
+    def post(self, request: Request) -> Response:
+        data = self.validated(request)
+        ref = self.handle(request, commands.CreateBatch(**data))
+        return Response({"ref": ref}, status=201)
+
+
+class AllocateCompatApi(CommandApi):
+    """`POST /allocate {"orderid", "sku", "qty"}` -> 202, out of stock included."""
+
+    serializer_class = AllocateCompatSerializer
+
+    def post(self, request: Request) -> Response:
+        data = self.validated(request)
+        batchref = self.handle(request, commands.Allocate(**data))
+        return Response({"batchref": batchref}, status=202)

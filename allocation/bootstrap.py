@@ -1,0 +1,81 @@
+"""The composition root: the one module that knows every app and wires the bus.
+
+The routing tables below are the whole event flow on one screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from allocation import handlers
+from allocation.domain import commands, events
+from allocation.messagebus import MessageBus, handler_name
+from notifications import handlers as notify
+from readmodels import projections
+
+COMMAND_HANDLERS = {
+    commands.CreateBatch: handlers.add_batch,
+    commands.Allocate: handlers.allocate,
+    commands.ChangeBatchQuantity: handlers.change_batch_quantity,
+    commands.CancelAllocation: handlers.cancel_allocation,
+}
+
+EVENT_HANDLERS = {
+    events.BatchCreated: [],
+    events.BatchQuantityChanged: [],
+    events.Allocated: [
+        projections.add_allocation_to_read_model,
+        notify.publish_allocated_event,
+    ],
+    events.Deallocated: [
+        projections.remove_allocation_from_read_model,
+        handlers.reallocate,
+    ],
+    events.AllocationCancelled: [projections.remove_allocation_from_read_model],
+    events.OutOfStock: [notify.send_out_of_stock_notification],
+}
+
+# The handlers whose effects read-your-writes waits for.
+READ_MODEL_HANDLERS = frozenset(handler_name(h) for h in projections.READ_MODEL_HANDLERS)
+
+
+def bootstrap(
+    start_uow: Callable[..., Any] | None = None,
+    dispatch: Callable[[list[int]], None] | None = None,
+    notifications: Any = None,
+    publish: Any = None,
+    command_handlers: dict | None = None,
+    event_handlers: dict | None = None,
+    command_retries: int | None = None,
+) -> MessageBus:
+    """Build the bus. With no arguments: Django, Celery, email and Redis from settings.
+
+    Tests pass fakes; `dispatch=None` with a fake unit of work delivers events in-process.
+    """
+    from django.conf import settings
+
+    if start_uow is None:
+        from allocation.tasks import dispatch_deliveries
+        from allocation.unit_of_work import DjangoUnitOfWork
+
+        start_uow = DjangoUnitOfWork
+        dispatch = dispatch or dispatch_deliveries
+    if notifications is None:
+        from notifications.adapters import EmailNotifications
+
+        notifications = EmailNotifications(settings.OUT_OF_STOCK_EMAIL_RECIPIENTS)
+    if publish is None:
+        from notifications.adapters import LogPublisher, RedisPublisher
+
+        publish = RedisPublisher(settings.REDIS_URL) if settings.REDIS_URL else LogPublisher()
+    return MessageBus(
+        start_uow=start_uow,
+        command_handlers=COMMAND_HANDLERS if command_handlers is None else command_handlers,
+        event_handlers=EVENT_HANDLERS if event_handlers is None else event_handlers,
+        dependencies={"notifications": notifications, "publish": publish},
+        dispatch=dispatch,
+        command_retries=(
+            settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The allocation domain: plain Python, no Django, DRF or Celery."""

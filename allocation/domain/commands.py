@@ -1,0 +1,35 @@
+"""Commands: what a caller asks the service to do. Each has exactly one handler."""
+
+from dataclasses import dataclass
+from datetime import date
+
+
+class Command:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateBatch(Command):
+    ref: str
+    sku: str
+    qty: int
+    eta: date | None = None
+
+
+@dataclass(frozen=True)
+class Allocate(Command):
+    orderid: str
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class ChangeBatchQuantity(Command):
+    ref: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class CancelAllocation(Command):
+    orderid: str
+    sku: str

@@ -1,0 +1,161 @@
+"""The message bus: routes a command to its one handler and an event delivery to its handler.
+
+The bus holds configuration only (routing and dependencies); everything that belongs to one
+call lives in that call's unit of work, so one bus is shared safely by every thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from allocation.domain import commands, events
+from allocation.unit_of_work import AbstractUnitOfWork, MessageContext, TransactionConflict
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+# Dependencies a handler may ask for that differ per call; the rest come from bootstrap.
+PER_CALL = ("uow",)
+
+
+def handler_name(handler: Handler) -> str:
+    """The stable name a delivery row stores for its handler."""
+    return f"{handler.__module__}.{handler.__qualname__}"
+
+
+class MessageBus:
+    def __init__(
+        self,
+        start_uow: Callable[..., AbstractUnitOfWork],
+        command_handlers: Mapping[type[commands.Command], Handler],
+        event_handlers: Mapping[type[events.Event], Iterable[Handler]],
+        dependencies: Mapping[str, Any],
+        dispatch: Callable[[list[int]], None] | None = None,
+        command_retries: int = 5,
+    ):
+        self.start_uow = start_uow
+        self.command_handlers = {
+            cmd: self._inject(h, dependencies) for cmd, h in command_handlers.items()
+        }
+        self.event_handlers: dict[str, Handler] = {}
+        self.subscriptions: dict[str, tuple[str, ...]] = {}
+        for event_type, handlers in event_handlers.items():
+            names = tuple(handler_name(h) for h in handlers)
+            self.subscriptions[event_type.__name__] = names
+            for name, h in zip(names, handlers, strict=True):
+                self.event_handlers[name] = self._inject(h, dependencies)
+        self.dispatch = dispatch or self.deliver_all
+        self.command_retries = command_retries
+
+    @staticmethod
+    def _inject(handler: Handler, dependencies: Mapping[str, Any]) -> Handler:
+        """Bind a handler's dependencies by parameter name; refuse one that nobody provides."""
+        _message, *params = inspect.signature(handler).parameters
+        missing = [p for p in params if p not in dependencies and p not in PER_CALL]
+        if missing:
+            raise TypeError(
+                f"{handler_name(handler)} needs {missing}, which bootstrap does not provide"
+            )
+        static = {p: dependencies[p] for p in params if p in dependencies}
+        wants_uow = "uow" in params
+
+        def call(message: Any, uow: AbstractUnitOfWork) -> Any:
+            return handler(message, **static, **({"uow": uow} if wants_uow else {}))
+
+        call.__name__ = handler_name(handler)
+        return call
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def handle(self, command: commands.Command, correlation_id: str | None = None) -> Any:
+        """Run a command's handler and return its result; its errors reach the caller.
+
+        A command that lost a race for its product (a serialisation failure, a stale version)
+        is retried a bounded number of times with a fresh unit of work. Its events are handed
+        to `dispatch` once the transaction has committed.
+        """
+        context = MessageContext(
+            correlation_id=correlation_id or str(uuid.uuid4()), causation_id=str(uuid.uuid4())
+        )
+        for attempt in range(self.command_retries + 1):
+            uow = self.start_uow(self.subscriptions, context)
+            try:
+                result = self._run_command(command, uow)
+            except TransactionConflict:
+                if attempt == self.command_retries:
+                    raise
+                logger.info("retrying %s after a conflict (attempt %d)", command, attempt + 1)
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+                continue
+            self._dispatch(uow.new_deliveries)
+            return result
+        raise AssertionError("unreachable")
+
+    def _run_command(self, command: commands.Command, uow: AbstractUnitOfWork) -> Any:
+        try:
+            handler = self.command_handlers[type(command)]
+        except KeyError:
+            raise LookupError(f"no handler for {type(command).__name__}") from None
+        return handler(command, uow)
+
+    # --- event deliveries ---------------------------------------------------------------------
+
+    def deliver(self, delivery_id: int) -> None:
+        """Run one (event, handler) delivery, once.
+
+        The handler's database effects, the commands it issues and the delivery's done-mark
+        commit in one transaction, so a delivery that runs twice changes nothing the second
+        time. A failure is recorded on the delivery (retried later, or parked as dead) and
+        never reaches the other handlers of the event.
+        """
+        uow = self.start_uow(self.subscriptions, None)
+        try:
+            with uow:
+                delivery = uow.deliveries.claim(delivery_id)
+                if delivery is None:
+                    return  # done, dead, not due, or running in another worker
+                uow.context = MessageContext(
+                    correlation_id=delivery.correlation_id, causation_id=delivery.event_id
+                )
+                follow_ups = self.event_handlers[delivery.handler](delivery.event, uow)
+                for command in follow_ups or ():
+                    self._run_command(command, uow)
+                uow.deliveries.mark_done(delivery_id)
+                uow.commit()
+        except Exception as exc:
+            logger.exception("delivery %s failed", delivery_id)
+            self._record_failure(delivery_id, exc)
+            return
+        self._dispatch(uow.new_deliveries)
+
+    def deliver_all(self, delivery_ids: list[int]) -> None:
+        for delivery_id in delivery_ids:
+            self.deliver(delivery_id)
+
+    def _record_failure(self, delivery_id: int, exc: Exception) -> None:
+        uow = self.start_uow(self.subscriptions, None)
+        try:
+            with uow:
+                uow.deliveries.record_failure(delivery_id, exc)
+                uow.commit()
+        except Exception:
+            logger.exception("could not record the failure of delivery %s", delivery_id)
+
+    def _dispatch(self, delivery_ids: list[int]) -> None:
+        """Hand committed deliveries to the transport; if that fails, the sweeper delivers them."""
+        if not delivery_ids:
+            return
+        try:
+            self.dispatch(delivery_ids)
+        except Exception:
+            logger.warning(
+                "could not dispatch deliveries %s; they stay pending in the outbox",
+                delivery_ids,
+                exc_info=True,
+            )

@@ -1,0 +1,123 @@
+"""Write-side tables: products, batches and allocations, and the outbox (event log + deliveries)."""
+
+import uuid
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=255, primary_key=True)
+    version_number = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.sku
+
+
+class Batch(models.Model):
+    reference = models.CharField(max_length=255, unique=True)
+    product = models.ForeignKey(
+        Product, on_delete=models.PROTECT, related_name="batches", db_column="sku"
+    )
+    purchased_quantity = models.PositiveIntegerField()
+    # A counter kept by the domain, so that no command needs to count the sku's order lines.
+    allocated_quantity = models.PositiveIntegerField(default=0)
+    eta = models.DateField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "batches"
+        constraints = [
+            # The last line of defence: the database refuses an over-allocated batch.
+            models.CheckConstraint(
+                condition=Q(allocated_quantity__lte=F("purchased_quantity")),
+                name="batch_not_over_allocated",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    @property
+    def available_quantity(self) -> int:
+        return self.purchased_quantity - self.allocated_quantity
+
+
+class Allocation(models.Model):
+    """An order line placed on a batch; an order line is identified by (orderid, sku)."""
+
+    orderid = models.CharField(max_length=255)
+    sku = models.CharField(max_length=255)
+    qty = models.PositiveIntegerField()
+    batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="allocations")
+    # The product version that placed the line: "latest first" when a batch shrinks.
+    version = models.PositiveBigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["orderid", "sku"], name="one_allocation_per_order_line"
+            ),
+        ]
+        indexes = [models.Index(fields=["batch", "-version"], name="allocation_batch_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.orderid}/{self.sku}"
+
+
+class StoredEvent(models.Model):
+    """The outbox and event log: one row per domain event, written with the change it records."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=64)
+    sku = models.CharField(max_length=255)
+    version = models.PositiveBigIntegerField()
+    payload = models.JSONField()
+    occurred_at = models.DateTimeField(default=timezone.now)
+    correlation_id = models.CharField(max_length=64)
+    causation_id = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["occurred_at"]
+        indexes = [
+            models.Index(fields=["sku", "version"], name="event_sku_version"),
+            models.Index(fields=["correlation_id"], name="event_correlation"),
+            models.Index(fields=["type", "occurred_at"], name="event_type_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.sku} v{self.version}"
+
+
+class Delivery(models.Model):
+    """One (event, handler) pair: its own state, attempts and error."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        DEAD = "dead"
+
+    event = models.ForeignKey(StoredEvent, on_delete=models.CASCADE, related_name="deliveries")
+    handler = models.CharField(max_length=255)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "handler"], name="one_delivery_per_handler"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="delivery_due",
+            ),
+            models.Index(fields=["status"], name="delivery_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} <- {self.event_id}"

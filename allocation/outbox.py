@@ -1,0 +1,133 @@
+"""The outbox: events written with the change that caused them, and their deliveries.
+
+Each event row has one delivery row per subscribed handler. A delivery is claimed with a row
+lock that skips rows another worker holds, so a task that arrives twice runs its handler once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from allocation.domain import events
+from allocation.models import Delivery, StoredEvent
+
+if TYPE_CHECKING:
+    from allocation.unit_of_work import MessageContext
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    id: int
+    handler: str
+    event: events.Event
+    event_id: str
+    correlation_id: str
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next attempt: exponential, capped, with full jitter."""
+    ceiling = min(
+        settings.ALLOCATION_DELIVERY_BACKOFF_MAX,
+        settings.ALLOCATION_DELIVERY_BACKOFF_BASE * 2 ** (attempts - 1),
+    )
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class DjangoDeliveryRepository:
+    def add(
+        self,
+        new_events: list[events.Event],
+        subscriptions: Mapping[str, tuple[str, ...]],
+        context: MessageContext,
+    ) -> list[int]:
+        now = timezone.now()
+        rows = StoredEvent.objects.bulk_create(
+            StoredEvent(
+                id=uuid.uuid4(),
+                type=type(event).__name__,
+                sku=event.sku,
+                version=event.version,
+                payload=event.to_dict(),
+                occurred_at=now,
+                correlation_id=context.correlation_id,
+                causation_id=context.causation_id,
+            )
+            for event in new_events
+        )
+        deliveries = Delivery.objects.bulk_create(
+            Delivery(event_id=row.id, handler=handler, next_attempt_at=now)
+            for row in rows
+            for handler in subscriptions.get(row.type, ())
+        )
+        return [d.pk for d in deliveries]
+
+    def claim(self, delivery_id: int) -> PendingDelivery | None:
+        row = (
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(pk=delivery_id, status=Delivery.Status.PENDING)
+            .values_list(
+                "handler", "event_id", "event__type", "event__payload", "event__correlation_id"
+            )
+            .first()
+        )
+        if row is None:
+            return None
+        handler, event_id, type_name, payload, correlation_id = row
+        return PendingDelivery(
+            id=delivery_id,
+            handler=handler,
+            event=events.event_from_dict(type_name, payload),
+            event_id=str(event_id),
+            correlation_id=correlation_id,
+        )
+
+    def mark_done(self, delivery_id: int) -> None:
+        Delivery.objects.filter(pk=delivery_id).update(
+            status=Delivery.Status.DONE, done_at=timezone.now(), attempts=F("attempts") + 1
+        )
+
+    def record_failure(self, delivery_id: int, error: BaseException) -> None:
+        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None or delivery.status != Delivery.Status.PENDING:
+            return
+        delivery.attempts += 1
+        delivery.last_error = "".join(traceback.format_exception(error))
+        if delivery.attempts >= settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS:
+            delivery.status = Delivery.Status.DEAD
+        else:
+            delivery.next_attempt_at = timezone.now() + timedelta(
+                seconds=backoff(delivery.attempts)
+            )
+        delivery.save(update_fields=["attempts", "last_error", "status", "next_attempt_at"])
+
+
+def wait_for_deliveries(correlation_id: str, handlers: Iterable[str], timeout: float) -> bool:
+    """Wait, at most `timeout` seconds, until the chain's deliveries to `handlers` are done.
+
+    Read-your-writes for clients that read a read model straight after a write. Returns False
+    on timeout; the write itself has committed either way.
+    """
+    pending = Delivery.objects.filter(
+        event__correlation_id=correlation_id,
+        handler__in=list(handlers),
+        status=Delivery.Status.PENDING,
+    )
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while pending.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return True
