@@ -1,0 +1,98 @@
+"""The Redis consumer of external events: `change_batch_quantity` in, commands to the bus.
+
+Bad input is logged with a reason and skipped; a lost connection is retried with backoff.
+Redis pub/sub delivers at most once: a message published while no consumer listens is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from allocation.domain import commands
+from allocation.domain.model import DomainError
+
+logger = logging.getLogger(__name__)
+
+CHANGE_BATCH_QUANTITY = "change_batch_quantity"
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class BadMessage(ValueError):
+    """An incoming message that cannot become a command."""
+
+
+def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if type(value) is not kind:
+        raise BadMessage(f"field {name!r} must be {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def parse_change_batch_quantity(raw: bytes | str) -> commands.ChangeBatchQuantity:
+    """`{"batchref": str, "qty": int}` -> ChangeBatchQuantity, or BadMessage saying why."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"message of {len(raw)} bytes is over {MAX_MESSAGE_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage(f"expected a JSON object, got {type(data).__name__}")
+    return commands.ChangeBatchQuantity(
+        ref=_field(data, "batchref", str), qty=_field(data, "qty", int)
+    )
+
+
+PARSERS: dict[str, Callable[[bytes | str], commands.Command]] = {
+    CHANGE_BATCH_QUANTITY: parse_change_batch_quantity,
+}
+
+
+def handle_message(bus: Any, channel: str, raw: bytes | str) -> bool:
+    """Turn one message into a command and handle it. Never raises; False when skipped."""
+    try:
+        command = PARSERS[channel](raw)
+        bus.handle(command)
+    except (BadMessage, DomainError) as exc:
+        logger.warning("skipped message on %s: %s (%r)", channel, exc, raw[:200])
+        return False
+    except Exception:
+        logger.exception("failed to handle message on %s (%r)", channel, raw[:200])
+        return False
+    logger.info("handled %s from %s", command, channel)
+    return True
+
+
+def consume(
+    bus: Any,
+    redis_url: str,
+    stop: threading.Event,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Listen until `stop` is set, reconnecting with backoff whenever Redis goes away."""
+    pause = 0.5
+    while not stop.is_set():
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=10)
+        try:
+            with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                pubsub.subscribe(*PARSERS)
+                logger.info("listening on %s", ", ".join(PARSERS))
+                if on_ready:
+                    on_ready()
+                pause = 0.5
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message["type"] == "message":
+                        handle_message(bus, message["channel"].decode(), message["data"])
+        except redis.exceptions.ConnectionError as exc:
+            logger.warning("Redis connection lost (%s); reconnecting in %.1fs", exc, pause)
+            stop.wait(pause)
+            pause = min(pause * 2, 10.0)
+        finally:
+            client.close()
