@@ -90,7 +90,7 @@ def consume(
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
                         handle_message(bus, message["channel"].decode(), message["data"])
-        except redis.exceptions.ConnectionError as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             logger.warning("Redis connection lost (%s); reconnecting in %.1fs", exc, pause)
             stop.wait(pause)
             pause = min(pause * 2, 10.0)
