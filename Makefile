@@ -1,0 +1,75 @@
+# The two commands a newcomer needs are `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+# Local defaults for the process targets (web, worker, consumer, beat); override in the environment.
+PG_URL    ?= postgres://postgres@127.0.0.1:5432/allocation
+REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test venv dev-venv lint check unit integration e2e web worker beat consumer createdb clean
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.installed requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed
+dev-venv: $(BIN)/.dev-installed
+
+## run: the embedded default (SQLite, eager tasks, console email) with demo data
+run: export DJANGO_DEBUG ?= 1
+run: $(BIN)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seed_demo
+	@echo ""
+	@echo "  Service:  http://127.0.0.1:$(PORT)/   (admin at http://127.0.0.1:$(PORT)/admin/)"
+	@echo "  Try:      curl -H 'Authorization: Token <token above>' http://127.0.0.1:$(PORT)/allocations/order-1"
+	@echo ""
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+## test: lint, contract checks, then every test layer (unit, integration, e2e) on PostgreSQL and Redis
+test: $(BIN)/.dev-installed lint check
+	$(BIN)/pytest tests/unit tests/integration tests/e2e
+
+lint: $(BIN)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+check: export DJANGO_SECRET_KEY ?= check-only
+check: $(BIN)/.dev-installed
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python manage.py check --fail-level WARNING
+
+unit integration e2e: $(BIN)/.dev-installed
+	$(BIN)/pytest tests/$@
+
+## The processes of a deployment, on PostgreSQL and Redis (docker-compose.yml runs the same).
+web worker beat consumer: export DATABASE_URL ?= $(PG_URL)
+web worker beat consumer: export REDIS_URL := $(REDIS_URL)
+web worker beat consumer: export DJANGO_DEBUG ?= 1
+
+web: $(BIN)/.installed createdb
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/gunicorn config.wsgi -b 127.0.0.1:$(PORT) -w 4
+
+worker: $(BIN)/.installed
+	$(BIN)/celery -A config worker -l info -c 2
+
+beat: $(BIN)/.installed
+	$(BIN)/celery -A config beat -l info
+
+consumer: $(BIN)/.installed
+	$(BIN)/python manage.py consume_external_events
+
+createdb:
+	@psql -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname='allocation'" | grep -q 1 \
+	  || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE allocation"
+
+clean:
+	rm -rf $(VENV) db.sqlite3 staticfiles tests/artifacts

@@ -1,0 +1,45 @@
+import json
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _require_postgresql(django_db_setup, django_db_blocker):
+    """These tests are about PostgreSQL's locks and constraints; SQLite would prove nothing."""
+    with django_db_blocker.unblock():
+        assert connection.vendor == "postgresql", f"need PostgreSQL, got {connection.vendor}"
+
+
+@pytest.fixture
+def bus():
+    from allocation.apps import get_bus
+
+    return get_bus()
+
+
+@pytest.fixture
+def redis_client():
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.ping()  # fail, never skip, when Redis is missing
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def line_allocated(redis_client):
+    """Messages published on `line_allocated` from now on, read with `drain()`."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("line_allocated")
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # subscribed before we act
+
+    def drain():
+        messages = []
+        while message := pubsub.get_message(timeout=0.5):
+            messages.append(json.loads(message["data"]))
+        return messages
+
+    yield drain
+    pubsub.close()

@@ -1,0 +1,58 @@
+"""A command's cost must not grow with the sku's allocation history."""
+
+import pytest
+from django.db import connection
+
+from allocation import models as orm
+from allocation.domain import commands
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def given_history(sku, past_lines):
+    orm.Product.objects.create(sku=sku, version_number=past_lines + 1)
+    batch = orm.Batch.objects.create(
+        reference=f"{sku}-b",
+        product_id=sku,
+        purchased_quantity=100_000,
+        allocated_quantity=past_lines,
+    )
+    orm.Allocation.objects.bulk_create(
+        orm.Allocation(orderid=f"past-{i}", sku=sku, qty=1, batch=batch, version=i + 2)
+        for i in range(past_lines)
+    )
+
+
+class QueryLog:
+    """Every statement a block runs, with the rows it returned or changed."""
+
+    def __init__(self):
+        self.statements = []
+
+    def __call__(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        self.statements.append((sql.split()[0], context["cursor"].rowcount))
+        return result
+
+    @property
+    def rows(self):
+        return sum(max(count, 0) for _, count in self.statements)
+
+
+def cost_of_one_allocation(bus, sku):
+    log = QueryLog()
+    with connection.execute_wrapper(log):
+        assert bus.handle(commands.Allocate("new-order", sku, 1)) == f"{sku}-b"
+    return log
+
+
+def test_allocating_costs_the_same_with_10_or_2000_past_allocations(bus):
+    given_history("SHORT", 10)
+    given_history("LONG", 2000)
+
+    short = cost_of_one_allocation(bus, "SHORT")
+    long = cost_of_one_allocation(bus, "LONG")
+
+    assert len(long.statements) == len(short.statements)
+    assert long.rows == short.rows
+    assert long.rows < 50, long.statements  # nothing near the history's size was read

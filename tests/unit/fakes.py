@@ -1,0 +1,269 @@
+"""In-memory stand-ins for the unit of work and the outside world: no database, no Redis, no mail.
+
+A `FakeStore` plays the database. A `FakeUnitOfWork` works on its own copy of the store's
+tables and swaps them in only on commit, so a unit of work that is left without committing
+(or that raises) leaves no trace. Transactions are serialised by one lock, like a row lock
+on every product at once. Products are handed out and saved as deep copies, and, like the
+Django repository, a product is loaded with only the order lines the command names.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from allocation import bootstrap as composition
+from allocation.domain import events
+from allocation.domain.model import Product
+from allocation.messagebus import MessageBus
+from allocation.outbox import PendingDelivery
+from allocation.unit_of_work import AbstractUnitOfWork, MessageContext
+from readmodels import projections
+
+PENDING, DONE = "pending", "done"
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event-log row: the event as JSON, with its place in the chain."""
+
+    type: str
+    payload: dict[str, Any]
+    correlation_id: str
+    causation_id: str
+
+    def event(self) -> events.Event:
+        return events.event_from_dict(self.type, self.payload)
+
+
+@dataclass(frozen=True)
+class FakeDelivery:
+    id: int
+    event_id: str
+    handler: str
+    status: str = PENDING
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class FakeStore:
+    """The committed state every unit of work starts from."""
+
+    products: dict[str, Product] = field(default_factory=dict)
+    events: dict[str, LoggedEvent] = field(default_factory=dict)
+    deliveries: dict[int, FakeDelivery] = field(default_factory=dict)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def logged_events(self) -> list[events.Event]:
+        return [row.event() for row in self.events.values()]
+
+    def allocations(self, sku: str) -> dict[str, str]:
+        """orderid -> batch reference, as committed."""
+        return {o: a.batchref for o, a in self.products[sku].allocations.items()}
+
+    def batch(self, ref: str):
+        return next(b for p in self.products.values() for b in p.batches if b.reference == ref)
+
+
+class FakeProductRepository:
+    def __init__(self, products: dict[str, Product]):
+        self.products = products  # this transaction's copy of the table
+        self.seen: list[Product] = []
+        self._loaded: dict[int, set[str]] = {}  # id(product) -> orderids it was loaded with
+
+    def add(self, product: Product) -> None:
+        self.seen.append(product)
+        self._loaded[id(product)] = set()
+
+    def get(self, sku: str, orderid: str | None = None) -> Product | None:
+        stored = self.products.get(sku)
+        if stored is None:
+            return None
+        return self._hand_out(stored, [orderid] if orderid in stored.allocations else [])
+
+    def get_by_batchref(self, ref: str, keep: int = 0) -> Product | None:
+        stored = next(
+            (p for p in self.products.values() if any(b.reference == ref for b in p.batches)),
+            None,
+        )
+        if stored is None:
+            return None
+        excess = stored.batch(ref).allocated_quantity - keep
+        latest_first = sorted(
+            (a for a in stored.allocations.values() if a.batchref == ref),
+            key=lambda a: (a.version, a.line.orderid),
+            reverse=True,
+        )
+        orderids = []
+        for allocation in latest_first:
+            if excess <= 0:
+                break
+            orderids.append(allocation.line.orderid)
+            excess -= allocation.line.qty
+        return self._hand_out(stored, orderids)
+
+    def batch_exists(self, ref: str) -> bool:
+        return any(b.reference == ref for p in self.products.values() for b in p.batches)
+
+    def save(self, product: Product) -> None:
+        stored = self.products.get(product.sku)
+        loaded = self._loaded[id(product)]
+        untouched = {
+            orderid: a
+            for orderid, a in (stored.allocations.items() if stored else ())
+            if orderid not in loaded
+        }
+        saved = copy.deepcopy(product)
+        saved.events = []
+        saved.allocations = untouched | saved.allocations
+        self.products[product.sku] = saved
+        self._loaded[id(product)] = set(product.allocations)
+
+    def _hand_out(self, stored: Product, orderids: list[str]) -> Product:
+        product = copy.deepcopy(stored)
+        product.allocations = {o: product.allocations[o] for o in orderids}
+        self.seen.append(product)
+        self._loaded[id(product)] = set(orderids)
+        return product
+
+
+class FakeDeliveryRepository:
+    def __init__(
+        self,
+        logged: dict[str, LoggedEvent],
+        deliveries: dict[int, FakeDelivery],
+        ids: Iterator[int],
+    ):
+        self.logged = logged
+        self.deliveries = deliveries
+        self.ids = ids
+
+    def add(
+        self,
+        new_events: list[events.Event],
+        subscriptions: Mapping[str, tuple[str, ...]],
+        context: MessageContext,
+    ) -> list[int]:
+        added = []
+        for event in new_events:
+            event_id = str(uuid.uuid4())
+            type_name = type(event).__name__
+            # Through JSON, as the outbox stores it: an event that is not JSON-able fails here.
+            payload = json.loads(json.dumps(event.to_dict()))
+            self.logged[event_id] = LoggedEvent(
+                type_name, payload, context.correlation_id, context.causation_id
+            )
+            for handler in subscriptions.get(type_name, ()):
+                delivery = FakeDelivery(next(self.ids), event_id, handler)
+                self.deliveries[delivery.id] = delivery
+                added.append(delivery.id)
+        return added
+
+    def claim(self, delivery_id: int) -> PendingDelivery | None:
+        delivery = self.deliveries.get(delivery_id)
+        if delivery is None or delivery.status != PENDING:
+            return None
+        logged = self.logged[delivery.event_id]
+        return PendingDelivery(
+            id=delivery_id,
+            handler=delivery.handler,
+            event=logged.event(),
+            event_id=delivery.event_id,
+            correlation_id=logged.correlation_id,
+        )
+
+    def mark_done(self, delivery_id: int) -> None:
+        delivery = self.deliveries[delivery_id]
+        self.deliveries[delivery_id] = replace(
+            delivery, status=DONE, attempts=delivery.attempts + 1
+        )
+
+    def record_failure(self, delivery_id: int, error: BaseException) -> None:
+        delivery = self.deliveries[delivery_id]
+        self.deliveries[delivery_id] = replace(
+            delivery, attempts=delivery.attempts + 1, last_error=repr(error)
+        )
+
+
+class FakeUnitOfWork(AbstractUnitOfWork):
+    def __init__(
+        self,
+        store: FakeStore,
+        subscriptions: Mapping[str, tuple[str, ...]],
+        context: MessageContext | None,
+    ):
+        super().__init__(subscriptions, context)
+        self.store = store
+
+    def _begin(self) -> None:
+        self.store.lock.acquire()
+        self.products = FakeProductRepository(dict(self.store.products))
+        self.deliveries = FakeDeliveryRepository(
+            dict(self.store.events), dict(self.store.deliveries), self.store.ids
+        )
+
+    def _end(self, commit: bool, exc: BaseException | None) -> None:
+        try:
+            if commit:
+                self.store.products = self.products.products
+                self.store.events = self.deliveries.logged
+                self.store.deliveries = self.deliveries.deliveries
+            else:
+                self.new_deliveries.clear()
+        finally:
+            self.store.lock.release()
+
+
+class FakeNotifications:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, subject: str, body: str) -> None:
+        self.sent.append((subject, body))
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, channel: str, message: dict[str, Any]) -> None:
+        self.published.append((channel, message))
+
+
+# The production routing without the read-model projections: those write read tables through
+# the ORM and are tested in tests/integration.
+UNIT_EVENT_HANDLERS = {
+    event_type: [h for h in handlers if h not in projections.READ_MODEL_HANDLERS]
+    for event_type, handlers in composition.EVENT_HANDLERS.items()
+}
+
+
+def bootstrap_test_bus(
+    **overrides: Any,
+) -> tuple[MessageBus, FakeStore, FakeNotifications, FakePublisher]:
+    """A bus on fakes that delivers events in-process, right after each commit."""
+    store = FakeStore()
+    notifications = FakeNotifications()
+    publisher = FakePublisher()
+    options: dict[str, Any] = {
+        "dispatch": None,
+        "event_handlers": UNIT_EVENT_HANDLERS,
+        "command_retries": 2,
+        **overrides,
+    }
+    bus = composition.bootstrap(
+        start_uow=functools.partial(FakeUnitOfWork, store),
+        notifications=notifications,
+        publish=publisher,
+        **options,
+    )
+    return bus, store, notifications, publisher
