@@ -1,8 +1,9 @@
 """Admin: the write side is read-only here; changes go through commands."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from allocation import models
+from allocation import models, sweeper
+from allocation.apps import get_bus
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -56,6 +57,21 @@ class StoredEventAdmin(ReadOnlyAdmin):
 
 @admin.register(models.Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("event", "handler", "status", "attempts", "next_attempt_at")
+    list_display = ("event", "handler", "status", "attempts", "next_attempt_at", "done_at")
     list_filter = ("status", "handler")
     list_select_related = ("event",)
+    search_fields = ("event__id", "event__sku", "event__correlation_id")
+    readonly_fields = ("event", "handler", "status", "attempts", "next_attempt_at", "done_at")
+    fields = (*readonly_fields, "last_error")
+    actions = ["retry_dead", "discard_dead"]
+
+    @admin.action(description="Retry the selected dead deliveries")
+    def retry_dead(self, request, queryset):
+        ids = sweeper.retry(queryset.values_list("pk", flat=True))
+        get_bus().dispatch_committed(ids)
+        self.message_user(request, f"Retrying {len(ids)} dead deliveries.", messages.SUCCESS)
+
+    @admin.action(description="Discard the selected dead deliveries")
+    def discard_dead(self, request, queryset):
+        count = sweeper.discard(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Discarded {count} dead deliveries.", messages.SUCCESS)

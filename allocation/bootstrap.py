@@ -40,6 +40,16 @@ EVENT_HANDLERS = {
 READ_MODEL_HANDLERS = frozenset(handler_name(h) for h in projections.READ_MODEL_HANDLERS)
 
 
+def with_extra_handlers(routing: dict, extra: dict[str, list[str]]) -> dict:
+    """The routing table plus the handlers named (by dotted path) in settings."""
+    from django.utils.module_loading import import_string
+
+    routing = {event_type: list(handlers) for event_type, handlers in routing.items()}
+    for event_name, paths in extra.items():
+        routing[events.EVENT_TYPES[event_name]] += [import_string(path) for path in paths]
+    return routing
+
+
 def bootstrap(
     start_uow: Callable[..., Any] | None = None,
     dispatch: Callable[[list[int]], None] | None = None,
@@ -51,7 +61,9 @@ def bootstrap(
 ) -> MessageBus:
     """Build the bus. With no arguments: Django, Celery, email and Redis from settings.
 
-    Tests pass fakes; `dispatch=None` with a fake unit of work delivers events in-process.
+    Unit tests pass a fake unit of work, fake adapters and (since the read-model projections
+    write through the ORM) their own event routing; `dispatch=None` then delivers events
+    in-process, right after each commit.
     """
     from django.conf import settings
 
@@ -69,10 +81,13 @@ def bootstrap(
         from notifications.adapters import LogPublisher, RedisPublisher
 
         publish = RedisPublisher(settings.REDIS_URL) if settings.REDIS_URL else LogPublisher()
+    if event_handlers is None:
+        extra = settings.ALLOCATION_EXTRA_EVENT_HANDLERS
+        event_handlers = with_extra_handlers(EVENT_HANDLERS, extra)
     return MessageBus(
         start_uow=start_uow,
         command_handlers=COMMAND_HANDLERS if command_handlers is None else command_handlers,
-        event_handlers=EVENT_HANDLERS if event_handlers is None else event_handlers,
+        event_handlers=event_handlers,
         dependencies={"notifications": notifications, "publish": publish},
         dispatch=dispatch,
         command_retries=(

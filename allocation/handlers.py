@@ -7,12 +7,21 @@ commits; the events the aggregate recorded go to the outbox in the same transact
 from __future__ import annotations
 
 from allocation.domain import commands, events
-from allocation.domain.model import DuplicateBatch, InvalidSku, OrderLine, Product, UnknownBatch
+from allocation.domain.model import (
+    DuplicateBatch,
+    InvalidSku,
+    OrderLine,
+    Product,
+    UnknownBatch,
+    check_quantity,
+    parse_eta,
+)
 from allocation.unit_of_work import AbstractUnitOfWork
 
 
 def add_batch(cmd: commands.CreateBatch, uow: AbstractUnitOfWork) -> str:
     """Create a batch, and its product when the sku is new."""
+    eta = parse_eta(cmd.eta)
     with uow:
         if uow.products.batch_exists(cmd.ref):
             raise DuplicateBatch(cmd.ref)
@@ -20,7 +29,7 @@ def add_batch(cmd: commands.CreateBatch, uow: AbstractUnitOfWork) -> str:
         if product is None:
             product = Product(cmd.sku)
             uow.products.add(product)
-        product.add_batch(cmd.ref, cmd.qty, cmd.eta)
+        product.add_batch(cmd.ref, cmd.qty, eta)
         uow.commit()
     return cmd.ref
 
@@ -39,6 +48,7 @@ def allocate(cmd: commands.Allocate, uow: AbstractUnitOfWork) -> str | None:
 
 def change_batch_quantity(cmd: commands.ChangeBatchQuantity, uow: AbstractUnitOfWork) -> None:
     """Change a batch's quantity; lines that no longer fit are deallocated (and reallocated)."""
+    check_quantity(cmd.qty)  # before the repository uses it to pick the lines to load
     with uow:
         product = uow.products.get_by_batchref(cmd.ref, keep=cmd.qty)
         if product is None:

@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from allocation.domain import commands, events
+from allocation.tracing import traced
 from allocation.unit_of_work import AbstractUnitOfWork, MessageContext, TransactionConflict
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
-# Dependencies a handler may ask for that differ per call; the rest come from bootstrap.
-PER_CALL = ("uow",)
+# Dependencies that differ per call: the call's unit of work, and for an event handler the
+# event's id (the dedup key of external side effects). The rest come from bootstrap.
+PER_CALL = ("uow", "event_id")
 
 
 def handler_name(handler: Handler) -> str:
@@ -63,10 +65,10 @@ class MessageBus:
                 f"{handler_name(handler)} needs {missing}, which bootstrap does not provide"
             )
         static = {p: dependencies[p] for p in params if p in dependencies}
-        wants_uow = "uow" in params
+        per_call = [p for p in params if p in PER_CALL]
 
-        def call(message: Any, uow: AbstractUnitOfWork) -> Any:
-            return handler(message, **static, **({"uow": uow} if wants_uow else {}))
+        def call(message: Any, **call_values: Any) -> Any:
+            return handler(message, **static, **{p: call_values[p] for p in per_call})
 
         call.__name__ = handler_name(handler)
         return call
@@ -86,14 +88,19 @@ class MessageBus:
         for attempt in range(self.command_retries + 1):
             uow = self.start_uow(self.subscriptions, context)
             try:
-                result = self._run_command(command, uow)
+                with traced(
+                    correlation_id=context.correlation_id,
+                    causation_id=context.causation_id,
+                    handling=type(command).__name__,
+                ):
+                    result = self._run_command(command, uow)
             except TransactionConflict:
                 if attempt == self.command_retries:
                     raise
                 logger.info("retrying %s after a conflict (attempt %d)", command, attempt + 1)
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
                 continue
-            self._dispatch(uow.new_deliveries)
+            self.dispatch_committed(uow.new_deliveries)
             return result
         raise AssertionError("unreachable")
 
@@ -102,7 +109,7 @@ class MessageBus:
             handler = self.command_handlers[type(command)]
         except KeyError:
             raise LookupError(f"no handler for {type(command).__name__}") from None
-        return handler(command, uow)
+        return handler(command, uow=uow)
 
     # --- event deliveries ---------------------------------------------------------------------
 
@@ -123,16 +130,22 @@ class MessageBus:
                 uow.context = MessageContext(
                     correlation_id=delivery.correlation_id, causation_id=delivery.event_id
                 )
-                follow_ups = self.event_handlers[delivery.handler](delivery.event, uow)
-                for command in follow_ups or ():
-                    self._run_command(command, uow)
+                with traced(
+                    correlation_id=delivery.correlation_id,
+                    causation_id=delivery.event_id,
+                    handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
+                ):
+                    handler = self.event_handlers[delivery.handler]
+                    follow_ups = handler(delivery.event, uow=uow, event_id=delivery.event_id)
+                    for command in follow_ups or ():
+                        self._run_command(command, uow)
                 uow.deliveries.mark_done(delivery_id)
                 uow.commit()
         except Exception as exc:
             logger.exception("delivery %s failed", delivery_id)
             self._record_failure(delivery_id, exc)
             return
-        self._dispatch(uow.new_deliveries)
+        self.dispatch_committed(uow.new_deliveries)
 
     def deliver_all(self, delivery_ids: list[int]) -> None:
         for delivery_id in delivery_ids:
@@ -147,7 +160,7 @@ class MessageBus:
         except Exception:
             logger.exception("could not record the failure of delivery %s", delivery_id)
 
-    def _dispatch(self, delivery_ids: list[int]) -> None:
+    def dispatch_committed(self, delivery_ids: list[int]) -> None:
         """Hand committed deliveries to the transport; if that fails, the sweeper delivers them."""
         if not delivery_ids:
             return

@@ -95,13 +95,15 @@ class Delivery(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
         DONE = "done"
-        DEAD = "dead"
+        DEAD = "dead"  # out of attempts; waits for an operator to retry or discard it
+        DISCARDED = "discarded"
 
     event = models.ForeignKey(StoredEvent, on_delete=models.CASCADE, related_name="deliveries")
     handler = models.CharField(max_length=255)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # When the sweeper takes it, if it is still pending: its lease, or the end of its backoff.
     next_attempt_at = models.DateTimeField(default=timezone.now)
     done_at = models.DateTimeField(null=True, blank=True)
 

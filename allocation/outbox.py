@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from allocation.domain import events
 from allocation.models import Delivery, StoredEvent
+from allocation.sweeper import lease_expiry
 
 if TYPE_CHECKING:
     from allocation.unit_of_work import MessageContext
@@ -52,6 +53,7 @@ class DjangoDeliveryRepository:
         context: MessageContext,
     ) -> list[int]:
         now = timezone.now()
+        due = lease_expiry()
         rows = StoredEvent.objects.bulk_create(
             StoredEvent(
                 id=uuid.uuid4(),
@@ -66,7 +68,7 @@ class DjangoDeliveryRepository:
             for event in new_events
         )
         deliveries = Delivery.objects.bulk_create(
-            Delivery(event_id=row.id, handler=handler, next_attempt_at=now)
+            Delivery(event_id=row.id, handler=handler, next_attempt_at=due)
             for row in rows
             for handler in subscriptions.get(row.type, ())
         )

@@ -21,3 +21,11 @@ def dispatch_deliveries(delivery_ids: list[int]) -> None:
     else:
         for delivery_id in delivery_ids:
             deliver_task.delay([delivery_id])
+
+
+@shared_task(name="allocation.sweep", ignore_result=True)
+def sweep_task() -> int:
+    """Beat runs this every ALLOCATION_SWEEP_INTERVAL seconds: re-dispatch due deliveries."""
+    from allocation.sweeper import sweep
+
+    return sweep(dispatch_deliveries)

@@ -150,6 +150,27 @@ ALLOCATION_DISPATCH_PER_COMMIT = env.bool("ALLOCATION_DISPATCH_PER_COMMIT", defa
 ALLOCATION_DELIVERY_MAX_ATTEMPTS = env.int("ALLOCATION_DELIVERY_MAX_ATTEMPTS", default=8)
 ALLOCATION_DELIVERY_BACKOFF_BASE = env.float("ALLOCATION_DELIVERY_BACKOFF_BASE", default=1.0)
 ALLOCATION_DELIVERY_BACKOFF_MAX = env.float("ALLOCATION_DELIVERY_BACKOFF_MAX", default=600.0)
+# A dispatched delivery still pending after this many seconds is taken again by the sweeper.
+ALLOCATION_DELIVERY_LEASE = env.float("ALLOCATION_DELIVERY_LEASE", default=30.0)
+ALLOCATION_SWEEP_INTERVAL = env.float("ALLOCATION_SWEEP_INTERVAL", default=5.0)
+ALLOCATION_SWEEP_BATCH = env.int("ALLOCATION_SWEEP_BATCH", default=2000)
+ALLOCATION_SWEEP_CHUNK = env.int("ALLOCATION_SWEEP_CHUNK", default=100)
+if (
+    max(CELERY_TASK_TIME_LIMIT, ALLOCATION_DELIVERY_BACKOFF_MAX)
+    >= (CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])
+):
+    from django.core.exceptions import ImproperlyConfigured
+
+    # Redis hands an unacknowledged task to another worker after the visibility timeout.
+    raise ImproperlyConfigured(
+        "CELERY_VISIBILITY_TIMEOUT must exceed the task time limit and the longest retry backoff"
+    )
+# More subscribers, by event name: {"Allocated": ["package.module.handler"]}. For plugins, and
+# for the fault tests that run a slow or failing handler in a real worker.
+ALLOCATION_EXTRA_EVENT_HANDLERS = env.json("ALLOCATION_EXTRA_EVENT_HANDLERS", default={})
+CELERY_BEAT_SCHEDULE = {
+    "sweep-outbox": {"task": "allocation.sweep", "schedule": ALLOCATION_SWEEP_INTERVAL},
+}
 
 # --- notifications --------------------------------------------------------------------------
 OUT_OF_STOCK_EMAIL_RECIPIENTS = env.list(
@@ -185,8 +206,16 @@ LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"trace": {"()": "allocation.tracing.TraceFilter"}},
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s "
+            "[%(correlation_id)s %(handling)s] %(message)s"
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["trace"]}
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}

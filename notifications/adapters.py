@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +19,14 @@ class EmailNotifications:
     def __init__(self, recipients: Sequence[str]):
         self.recipients = list(recipients)
 
-    def send(self, subject: str, body: str) -> None:
-        send_mail(subject, body, None, self.recipients, fail_silently=False)
+    def send(self, subject: str, body: str, dedup_key: str) -> None:
+        """Send one mail; a resend of the same `dedup_key` carries the same Message-ID."""
+        EmailMessage(
+            subject,
+            body,
+            to=self.recipients,
+            headers={"Message-ID": f"<{dedup_key}@allocation>", "X-Event-ID": dedup_key},
+        ).send(fail_silently=False)
 
 
 class RedisPublisher:

@@ -12,13 +12,22 @@ Publish = Callable[[str, dict[str, Any]], None]
 
 
 def send_out_of_stock_notification(
-    event: events.OutOfStock, notifications: EmailNotifications
+    event: events.OutOfStock, notifications: EmailNotifications, event_id: str
 ) -> None:
-    notifications.send(f"Out of stock: {event.sku}", f"Out of stock for {event.sku}")
+    notifications.send(
+        f"Out of stock: {event.sku}", f"Out of stock for {event.sku}", dedup_key=event_id
+    )
 
 
-def publish_allocated_event(event: events.Allocated, publish: Publish) -> None:
+def publish_allocated_event(event: events.Allocated, publish: Publish, event_id: str) -> None:
+    """Publish on `line_allocated`; `event_id` lets subscribers drop a repeated message."""
     publish(
         "line_allocated",
-        {"orderid": event.orderid, "sku": event.sku, "qty": event.qty, "batchref": event.batchref},
+        {
+            "orderid": event.orderid,
+            "sku": event.sku,
+            "qty": event.qty,
+            "batchref": event.batchref,
+            "event_id": event_id,
+        },
     )

@@ -51,7 +51,8 @@ class BatchAddCompatApi(CommandApi):
 
     def post(self, request: Request) -> Response:
         data = self.validated(request)
-        ref = self.handle(request, commands.CreateBatch(**data))
+        eta = data["eta"].isoformat() if data["eta"] else None
+        ref = self.handle(request, commands.CreateBatch(data["ref"], data["sku"], data["qty"], eta))
         return Response({"ref": ref}, status=201)
 
 

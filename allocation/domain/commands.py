@@ -1,7 +1,6 @@
 """Commands: what a caller asks the service to do. Each has exactly one handler."""
 
 from dataclasses import dataclass
-from datetime import date
 
 
 class Command:
@@ -13,7 +12,7 @@ class CreateBatch(Command):
     ref: str
     sku: str
     qty: int
-    eta: date | None = None
+    eta: str | None = None  # ISO date; None for stock already in the warehouse
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,20 @@ class AllocationConflict(DomainError):
         )
 
 
+class InvalidEta(DomainError):
+    def __init__(self, eta: object):
+        super().__init__(f"eta must be an ISO date (YYYY-MM-DD) or null, got {eta!r}")
+
+
+def parse_eta(eta: str | None) -> date | None:
+    if eta is None:
+        return None
+    try:
+        return date.fromisoformat(eta)
+    except (TypeError, ValueError):
+        raise InvalidEta(eta) from None
+
+
 class NotAllocated(DomainError):
     def __init__(self, orderid: str, sku: str):
         super().__init__(f"Order {orderid} has no allocation of {sku}")

@@ -226,9 +226,11 @@ class FakeUnitOfWork(AbstractUnitOfWork):
 class FakeNotifications:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.dedup_keys: list[str | None] = []
 
-    def send(self, subject: str, body: str) -> None:
+    def send(self, subject: str, body: str, dedup_key: str | None = None) -> None:
         self.sent.append((subject, body))
+        self.dedup_keys.append(dedup_key)
 
 
 class FakePublisher:

@@ -38,7 +38,7 @@ class Command(BaseCommand):
         today = date.today()
         for ref, sku, qty, days in DEMO_BATCHES:
             if not Batch.objects.filter(reference=ref).exists():
-                eta = today + timedelta(days=days) if days is not None else None
+                eta = (today + timedelta(days=days)).isoformat() if days is not None else None
                 bus.handle(commands.CreateBatch(ref, sku, qty, eta))
                 self.stdout.write(f"  batch {ref}: {qty} x {sku}, eta {eta or 'in the warehouse'}")
         for orderid, sku, qty in DEMO_ORDERS:

@@ -1,0 +1,41 @@
+"""Compare the read models with the write side they are projected from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from allocation.models import Allocation
+from readmodels.models import OrderAllocation
+
+
+def order_allocation_drift() -> Iterator[str]:
+    """Describe every order line whose view row differs from the write side."""
+    written = {
+        (orderid, sku): (qty, batchref)
+        for orderid, sku, qty, batchref in Allocation.objects.values_list(
+            "orderid", "sku", "qty", "batch__reference"
+        ).iterator(chunk_size=5000)
+    }
+    viewed = {
+        (orderid, sku): (qty, batchref)
+        for orderid, sku, qty, batchref in OrderAllocation.objects.filter(batchref__isnull=False)
+        .values_list("orderid", "sku", "qty", "batchref")
+        .iterator(chunk_size=5000)
+    }
+    for key in sorted(written.keys() | viewed.keys()):
+        orderid, sku = key
+        want, got = written.get(key), viewed.get(key)
+        if want == got:
+            continue
+        if got is None:
+            yield f"order {orderid} {sku}: missing from the view (allocated {want[0]} on {want[1]})"
+        elif want is None:
+            yield f"order {orderid} {sku}: in the view ({got[0]} on {got[1]}) but not allocated"
+        else:
+            yield (
+                f"order {orderid} {sku}: view has {got[0]} on {got[1]}, "
+                f"write side {want[0]} on {want[1]}"
+            )
+
+
+CHECKS = {"order_allocations": order_allocation_drift}
