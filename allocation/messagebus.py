@@ -135,7 +135,7 @@ class MessageBus:
                     causation_id=delivery.event_id,
                     handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
                 ):
-                    handler = self.event_handlers[delivery.handler]
+                    handler = self._event_handler(delivery.handler)
                     follow_ups = handler(delivery.event, uow=uow, event_id=delivery.event_id)
                     for command in follow_ups or ():
                         self._run_command(command, uow)
@@ -146,6 +146,12 @@ class MessageBus:
             self._record_failure(delivery_id, exc)
             return
         self.dispatch_committed(uow.new_deliveries)
+
+    def _event_handler(self, name: str) -> Handler:
+        try:
+            return self.event_handlers[name]
+        except KeyError:
+            raise LookupError(f"no handler named {name} is subscribed in this deployment") from None
 
     def deliver_all(self, delivery_ids: list[int]) -> None:
         for delivery_id in delivery_ids:
@@ -166,9 +172,10 @@ class MessageBus:
             return
         try:
             self.dispatch(delivery_ids)
-        except Exception:
+        except Exception as exc:
             logger.warning(
-                "could not dispatch deliveries %s; they stay pending in the outbox",
+                "could not dispatch deliveries %s (%s: %s); the sweeper will deliver them",
                 delivery_ids,
-                exc_info=True,
+                type(exc).__name__,
+                exc,
             )

@@ -1,6 +1,5 @@
 """Commands through the real bus on PostgreSQL, with tasks run eagerly after commit."""
 
-
 import pytest
 from django.core import mail
 

@@ -1,0 +1,205 @@
+"""Delivery state on PostgreSQL: claiming, retries, dead letters, sweeping, out-of-order events."""
+
+import itertools
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from allocation import models as orm
+from allocation import sweeper
+from allocation.bootstrap import EVENT_HANDLERS, bootstrap
+from allocation.domain import commands, events
+from readmodels.consistency import order_allocation_drift
+from readmodels.models import OrderAllocation
+from readmodels.selectors import allocations_for_order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAILURES = []
+BROKEN = threading.Event()
+
+
+def flaky_handler(event: events.Allocated) -> None:
+    """Fails for as long as BROKEN is set (a bug that a later deployment fixes)."""
+    if BROKEN.is_set():
+        FAILURES.append(event)
+        raise RuntimeError("this handler always fails")
+
+
+def make_due(**filters):
+    orm.Delivery.objects.filter(**filters).update(next_attempt_at=timezone.now())
+
+
+def bus_with(handler, event_type=events.Allocated):
+    """The real bus plus one handler, delivering in-process right after commit."""
+    routing = {k: list(v) for k, v in EVENT_HANDLERS.items()}
+    routing[event_type].append(handler)
+    bus = bootstrap(event_handlers=routing, dispatch=lambda ids: bus.deliver_all(ids))
+    return bus
+
+
+def test_a_lost_dispatch_is_delivered_by_the_sweeper_alone():
+    lost = []
+    bus = bootstrap(dispatch=lost.extend)  # commits happen, their broker messages vanish
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+    assert lost and allocations_for_order("o1") == []
+
+    # nothing is due before its lease runs out: the dispatch may still be on its way
+    assert sweeper.sweep(bus.deliver_all) == 0
+    make_due(status="pending")
+    assert sweeper.sweep(bus.deliver_all) == len(lost)
+
+    assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b1"}]
+    assert set(orm.Delivery.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_two_sweepers_never_claim_the_same_delivery(bus):
+    lost = []
+    quiet = bootstrap(dispatch=lost.extend)
+    quiet.handle(commands.CreateBatch("b1", "LAMP", 1000, None))
+    for i in range(60):
+        quiet.handle(commands.Allocate(f"o{i}", "LAMP", 1))
+    make_due(status="pending")
+    claimed = []
+    start = threading.Barrier(4)
+
+    def claim():
+        start.wait()
+        try:
+            for _ in range(10):
+                claimed.append(sweeper.claim_due(7))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    ids = list(itertools.chain.from_iterable(claimed))
+    assert len(ids) == len(set(ids)) == orm.Delivery.objects.count()
+
+
+def test_a_failing_handler_backs_off_then_goes_dead_while_its_siblings_deliver(settings):
+    settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS = 3
+    bus = bus_with(flaky_handler)
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    FAILURES.clear()
+    BROKEN.set()
+
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+
+    failing = orm.Delivery.objects.get(handler__endswith="flaky_handler")
+    assert (failing.status, failing.attempts) == ("pending", 1)
+    assert failing.next_attempt_at > timezone.now()  # backing off
+    assert "this handler always fails" in failing.last_error
+    assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b1"}]  # sibling done
+    for _ in range(5):
+        make_due(pk=failing.pk)
+        sweeper.sweep(bus.deliver_all)
+    failing.refresh_from_db()
+    assert (failing.status, failing.attempts) == ("dead", 3)
+    assert len(FAILURES) == 3  # no attempt after it died
+    assert "RuntimeError" in failing.last_error  # the traceback is kept
+
+    # the bug is fixed, and an operator retries the dead delivery
+    BROKEN.clear()
+    assert sweeper.retry([failing.pk]) == [failing.pk]
+    bus.deliver(failing.pk)
+    failing.refresh_from_db()
+    assert (failing.status, failing.attempts) == ("done", 1)
+
+
+def test_a_delivery_runs_once_even_when_two_workers_get_it_at_once():
+    runs = []
+    gate = threading.Event()
+
+    def slow_effect(event: events.Allocated) -> None:
+        runs.append(event.orderid)
+        gate.wait(5)  # hold the delivery's row lock while the second worker tries
+
+    bus = bus_with(slow_effect)
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.dispatch = [].extend  # the copies delivered below are the only ones
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+    delivery = orm.Delivery.objects.get(handler__endswith="slow_effect")
+
+    def deliver():
+        try:
+            bus.deliver(delivery.pk)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=deliver)
+    first.start()
+    deadline = time.monotonic() + 5
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    deliver()  # the second copy finds the row locked and leaves it
+    gate.set()
+    first.join(10)
+    deliver()  # a late third copy finds it done
+
+    delivery.refresh_from_db()
+    assert runs == ["o1"]
+    assert (delivery.status, delivery.attempts) == ("done", 1)
+
+
+def test_projections_converge_whatever_the_order_of_the_events(bus):
+    """Allocated, Deallocated, Allocated again (on another batch): every order of delivery."""
+    lost = []
+    quiet = bootstrap(dispatch=lost.extend)
+    quiet.handle(commands.CreateBatch("a", "LAMP", 10, None))
+    quiet.handle(commands.CreateBatch("b", "LAMP", 10, "2030-01-01"))
+    quiet.handle(commands.Allocate("o1", "LAMP", 8))
+    quiet.handle(commands.ChangeBatchQuantity("a", 5))  # o1 deallocated from a...
+    realloc = orm.Delivery.objects.get(handler__endswith="reallocate")
+    quiet.deliver(realloc.pk)  # ...and reallocated to b
+    projections = list(
+        orm.Delivery.objects.filter(handler__startswith="readmodels.")
+        .order_by("event__version")
+        .values_list("pk", "event__type")
+    )
+    assert [t for _, t in projections] == ["Allocated", "Deallocated", "Allocated"]
+
+    for order in itertools.permutations([pk for pk, _ in projections]):
+        OrderAllocation.objects.all().delete()
+        orm.Delivery.objects.filter(pk__in=order).update(status="pending")
+        for pk in order:
+            quiet.deliver(pk)
+        assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b"}], order
+        assert list(order_allocation_drift()) == []
+
+
+def test_a_late_allocated_cannot_resurrect_a_cancelled_line(bus):
+    lost = []
+    quiet = bootstrap(dispatch=lost.extend)
+    quiet.handle(commands.CreateBatch("a", "LAMP", 10, None))
+    quiet.handle(commands.Allocate("o1", "LAMP", 3))
+    quiet.handle(commands.CancelAllocation("o1", "LAMP"))
+    allocated, cancelled = orm.Delivery.objects.filter(handler__startswith="readmodels.").order_by(
+        "event__version"
+    )
+
+    quiet.deliver(cancelled.pk)
+    quiet.deliver(allocated.pk)
+
+    assert allocations_for_order("o1") == []
+    assert OrderAllocation.objects.get(orderid="o1").batchref is None  # the tombstone
+
+
+def test_prune_removes_old_finished_deliveries_and_keeps_the_event_log(bus):
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 1))
+    events_before = orm.StoredEvent.objects.count()
+    orm.Delivery.objects.update(done_at=timezone.now() - timedelta(days=40))
+
+    assert sweeper.prune(timedelta(days=30)) > 0
+    assert not orm.Delivery.objects.exists()
+    assert orm.StoredEvent.objects.count() == events_before
