@@ -6,6 +6,7 @@ models to reflect the write, so a client that reads straight away sees what it w
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from django.conf import settings
@@ -19,6 +20,8 @@ from allocation.apps import get_bus
 from allocation.bootstrap import READ_MODEL_HANDLERS
 from allocation.domain import commands
 from allocation.outbox import wait_for_deliveries
+
+logger = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -35,7 +38,9 @@ class CommandApi(APIView):
         """Run the command, then wait for its projections (read-your-writes)."""
         cid = correlation_id(request)
         result = get_bus().handle(command, correlation_id=cid)
-        wait_for_deliveries(cid, READ_MODEL_HANDLERS, settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT)
+        timeout = settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT
+        if not wait_for_deliveries(cid, READ_MODEL_HANDLERS, timeout):
+            logger.warning("read models not updated within %.1fs for %s", timeout, cid)
         return result
 
     def validated(self, request: Request) -> dict:

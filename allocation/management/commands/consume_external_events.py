@@ -3,6 +3,7 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from kombu.utils.url import maybe_sanitize_url
 
 from allocation.apps import get_bus
 from allocation.consumer import consume
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        self.stdout.write(f"Consuming external events from {redis_url}; Ctrl-C stops.")
+        where = maybe_sanitize_url(redis_url)  # no password in the logs
+        self.stdout.write(f"Consuming external events from {where}; Ctrl-C stops.")
         consume(get_bus(), redis_url, stop)
         self.stdout.write("Stopped.")
