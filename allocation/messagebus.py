@@ -16,7 +16,12 @@ from typing import Any
 
 from allocation.domain import commands, events
 from allocation.tracing import traced
-from allocation.unit_of_work import AbstractUnitOfWork, MessageContext, TransactionConflict
+from allocation.unit_of_work import (
+    AbstractUnitOfWork,
+    MessageContext,
+    PendingDelivery,
+    TransactionConflict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,48 +119,63 @@ class MessageBus:
     # --- event deliveries ---------------------------------------------------------------------
 
     def deliver(self, delivery_id: int) -> None:
-        """Run one (event, handler) delivery, once.
+        self.deliver_all([delivery_id])
 
-        The handler's database effects, the commands it issues and the delivery's done-mark
-        commit in one transaction, so a delivery that runs twice changes nothing the second
-        time. A failure is recorded on the delivery (retried later, or parked as dead) and
-        never reaches the other handlers of the event.
+    def deliver_all(self, delivery_ids: list[int]) -> None:
+        """Run (event, handler) deliveries, each once, each succeeding or failing on its own.
+
+        They share one transaction, for speed, but each runs in a savepoint of its own: a
+        handler's database effects, the commands it issues and its done-mark commit together,
+        and a failing handler undoes only its own work, which is recorded on its delivery
+        (retried later with backoff, or parked as dead). A delivery that is done, dead, or
+        running in another worker is left alone, so running a delivery twice changes nothing.
         """
         uow = self.start_uow(self.subscriptions, None)
         try:
             with uow:
-                delivery = uow.deliveries.claim(delivery_id)
-                if delivery is None:
-                    return  # done, dead, not due, or running in another worker
-                uow.context = MessageContext(
-                    correlation_id=delivery.correlation_id, causation_id=delivery.event_id
-                )
-                with traced(
-                    correlation_id=delivery.correlation_id,
-                    causation_id=delivery.event_id,
-                    handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
-                ):
-                    handler = self._event_handler(delivery.handler)
-                    follow_ups = handler(delivery.event, uow=uow, event_id=delivery.event_id)
-                    for command in follow_ups or ():
-                        self._run_command(command, uow)
-                uow.deliveries.mark_done(delivery_id)
+                done = []
+                for delivery in uow.deliveries.claim(delivery_ids):
+                    try:
+                        with uow.savepoint():
+                            self._run_delivery(delivery, uow)
+                    except Exception as exc:
+                        logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
+                        uow.deliveries.record_failure(delivery.id, exc)
+                    else:
+                        done.append(delivery.id)
+                uow.deliveries.mark_done(done)
                 uow.commit()
         except Exception as exc:
-            logger.exception("delivery %s failed", delivery_id)
-            self._record_failure(delivery_id, exc)
+            # The transaction as a whole failed (a deadlock with another batch, a lost
+            # connection): try each delivery in a transaction of its own.
+            if len(delivery_ids) > 1:
+                for delivery_id in delivery_ids:
+                    self.deliver_all([delivery_id])
+            else:
+                logger.exception("delivery %s failed", delivery_ids[0])
+                self._record_failure(delivery_ids[0], exc)
             return
         self.dispatch_committed(uow.new_deliveries)
+
+    def _run_delivery(self, delivery: PendingDelivery, uow: AbstractUnitOfWork) -> None:
+        uow.context = MessageContext(
+            correlation_id=delivery.correlation_id, causation_id=delivery.event_id
+        )
+        with traced(
+            correlation_id=delivery.correlation_id,
+            causation_id=delivery.event_id,
+            handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
+        ):
+            handler = self._event_handler(delivery.handler)
+            follow_ups = handler(delivery.event, uow=uow, event_id=delivery.event_id)
+            for command in follow_ups or ():
+                self._run_command(command, uow)
 
     def _event_handler(self, name: str) -> Handler:
         try:
             return self.event_handlers[name]
         except KeyError:
             raise LookupError(f"no handler named {name} is subscribed in this deployment") from None
-
-    def deliver_all(self, delivery_ids: list[int]) -> None:
-        for delivery_id in delivery_ids:
-            self.deliver(delivery_id)
 
     def _record_failure(self, delivery_id: int, exc: Exception) -> None:
         uow = self.start_uow(self.subscriptions, None)

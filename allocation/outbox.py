@@ -74,30 +74,36 @@ class DjangoDeliveryRepository:
         )
         return [d.pk for d in deliveries]
 
-    def claim(self, delivery_id: int) -> PendingDelivery | None:
-        row = (
+    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        rows = (
             Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(pk=delivery_id, status=Delivery.Status.PENDING)
+            .filter(pk__in=delivery_ids, status=Delivery.Status.PENDING)
+            .order_by("pk")
             .values_list(
-                "handler", "event_id", "event__type", "event__payload", "event__correlation_id"
+                "pk",
+                "handler",
+                "event_id",
+                "event__type",
+                "event__payload",
+                "event__correlation_id",
             )
-            .first()
         )
-        if row is None:
-            return None
-        handler, event_id, type_name, payload, correlation_id = row
-        return PendingDelivery(
-            id=delivery_id,
-            handler=handler,
-            event=events.event_from_dict(type_name, payload),
-            event_id=str(event_id),
-            correlation_id=correlation_id,
-        )
+        return [
+            PendingDelivery(
+                id=pk,
+                handler=handler,
+                event=events.event_from_dict(type_name, payload),
+                event_id=str(event_id),
+                correlation_id=correlation_id,
+            )
+            for pk, handler, event_id, type_name, payload, correlation_id in rows
+        ]
 
-    def mark_done(self, delivery_id: int) -> None:
-        Delivery.objects.filter(pk=delivery_id).update(
-            status=Delivery.Status.DONE, done_at=timezone.now(), attempts=F("attempts") + 1
-        )
+    def mark_done(self, delivery_ids: list[int]) -> None:
+        if delivery_ids:
+            Delivery.objects.filter(pk__in=delivery_ids).update(
+                status=Delivery.Status.DONE, done_at=timezone.now(), attempts=F("attempts") + 1
+            )
 
     def record_failure(self, delivery_id: int, error: BaseException) -> None:
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()

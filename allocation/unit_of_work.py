@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,9 +53,10 @@ class DeliveryRepository(Protocol):
     ) -> list[int]:
         """Write the events to the event log, with one delivery per subscribed handler."""
 
-    def claim(self, delivery_id: int) -> PendingDelivery | None: ...
+    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        """Lock the pending ones of these deliveries, skipping any another worker holds."""
 
-    def mark_done(self, delivery_id: int) -> None: ...
+    def mark_done(self, delivery_ids: list[int]) -> None: ...
 
     def record_failure(self, delivery_id: int, error: BaseException) -> None: ...
 
@@ -100,8 +102,23 @@ class AbstractUnitOfWork(abc.ABC):
             self.new_deliveries += self.deliveries.add(new_events, self.subscriptions, self.context)
         self._committed = True
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A transaction inside the transaction: an error in it undoes only its own work."""
+        seen, delivered = len(self.products.seen), len(self.new_deliveries)
+        try:
+            with self._savepoint():
+                yield
+        except BaseException:
+            del self.products.seen[seen:]
+            del self.new_deliveries[delivered:]
+            raise
+
     @abc.abstractmethod
     def _begin(self) -> None: ...
+
+    @abc.abstractmethod
+    def _savepoint(self) -> contextlib.AbstractContextManager[None]: ...
 
     @abc.abstractmethod
     def _end(self, commit: bool, exc: BaseException | None) -> None:
@@ -131,6 +148,9 @@ class DjangoUnitOfWork(AbstractUnitOfWork):
     def _begin(self) -> None:
         self._atomic = transaction.atomic(durable=True)
         self._atomic.__enter__()
+
+    def _savepoint(self) -> contextlib.AbstractContextManager[None]:
+        return transaction.atomic()
 
     def _end(self, commit: bool, exc: BaseException | None) -> None:
         if not commit:

@@ -19,11 +19,16 @@ def remove_allocation_from_read_model(
 
 
 def _apply_line(orderid: str, sku: str, qty: int, batchref: str | None, version: int) -> None:
-    """Upsert the line unless the view already holds a newer version of it."""
+    """Upsert the line unless the view already holds a newer version of it.
+
+    Insert-if-absent, then update-if-older: two statements, no savepoint, and correct when
+    two deliveries for the same line race (the update re-checks the version under its lock).
+    """
     state = {"qty": qty, "batchref": batchref, "version": version}
-    row, created = OrderAllocation.objects.get_or_create(orderid=orderid, sku=sku, defaults=state)
-    if not created:
-        OrderAllocation.objects.filter(pk=row.pk, version__lt=version).update(**state)
+    OrderAllocation.objects.bulk_create(
+        [OrderAllocation(orderid=orderid, sku=sku, **state)], ignore_conflicts=True
+    )
+    OrderAllocation.objects.filter(orderid=orderid, sku=sku, version__lt=version).update(**state)
 
 
 # What the book-compatible write endpoints wait for before they answer (read-your-writes).

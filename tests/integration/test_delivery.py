@@ -203,3 +203,26 @@ def test_prune_removes_old_finished_deliveries_and_keeps_the_event_log(bus):
     assert sweeper.prune(timedelta(days=30)) > 0
     assert not orm.Delivery.objects.exists()
     assert orm.StoredEvent.objects.count() == events_before
+
+
+def writes_then_fails(event: events.Allocated) -> None:
+    OrderAllocation.objects.create(orderid="ghost", sku=event.sku, qty=1, version=0)
+    raise RuntimeError("fails after writing")
+
+
+def test_deliveries_of_one_batch_fail_alone_and_undo_only_their_own_work():
+    bus = bus_with(writes_then_fails)
+    bus.dispatch = [].extend  # deliver the whole commit below as one batch, by hand
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+    batch = list(orm.Delivery.objects.order_by("pk").values_list("pk", flat=True))
+    assert len(batch) == 3  # projection, publish, writes_then_fails
+
+    bus.deliver_all(batch)
+
+    statuses = dict(orm.Delivery.objects.values_list("handler", "status"))
+    failing = orm.Delivery.objects.get(handler__endswith="writes_then_fails")
+    assert (failing.status, failing.attempts) == ("pending", 1)
+    assert [s for h, s in statuses.items() if h != failing.handler] == ["done", "done"]
+    assert not OrderAllocation.objects.filter(orderid="ghost").exists()
+    assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b1"}]

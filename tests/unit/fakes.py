@@ -9,6 +9,7 @@ Django repository, a product is loaded with only the order lines the command nam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -168,24 +169,30 @@ class FakeDeliveryRepository:
                 added.append(delivery.id)
         return added
 
-    def claim(self, delivery_id: int) -> PendingDelivery | None:
-        delivery = self.deliveries.get(delivery_id)
-        if delivery is None or delivery.status != PENDING:
-            return None
-        logged = self.logged[delivery.event_id]
-        return PendingDelivery(
-            id=delivery_id,
-            handler=delivery.handler,
-            event=logged.event(),
-            event_id=delivery.event_id,
-            correlation_id=logged.correlation_id,
-        )
+    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        claimed = []
+        for delivery_id in sorted(delivery_ids):
+            delivery = self.deliveries.get(delivery_id)
+            if delivery is None or delivery.status != PENDING:
+                continue
+            logged = self.logged[delivery.event_id]
+            claimed.append(
+                PendingDelivery(
+                    id=delivery_id,
+                    handler=delivery.handler,
+                    event=logged.event(),
+                    event_id=delivery.event_id,
+                    correlation_id=logged.correlation_id,
+                )
+            )
+        return claimed
 
-    def mark_done(self, delivery_id: int) -> None:
-        delivery = self.deliveries[delivery_id]
-        self.deliveries[delivery_id] = replace(
-            delivery, status=DONE, attempts=delivery.attempts + 1
-        )
+    def mark_done(self, delivery_ids: list[int]) -> None:
+        for delivery_id in delivery_ids:
+            delivery = self.deliveries[delivery_id]
+            self.deliveries[delivery_id] = replace(
+                delivery, status=DONE, attempts=delivery.attempts + 1
+            )
 
     def record_failure(self, delivery_id: int, error: BaseException) -> None:
         delivery = self.deliveries[delivery_id]
@@ -210,6 +217,18 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.deliveries = FakeDeliveryRepository(
             dict(self.store.events), dict(self.store.deliveries), self.store.ids
         )
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        tables = (self.products.products, self.deliveries.logged, self.deliveries.deliveries)
+        saved = [dict(table) for table in tables]
+        try:
+            yield
+        except BaseException:
+            for table, copy_ in zip(tables, saved, strict=True):
+                table.clear()
+                table.update(copy_)
+            raise
 
     def _end(self, commit: bool, exc: BaseException | None) -> None:
         try:
