@@ -22,8 +22,8 @@ COMMAND_HANDLERS = {
 }
 
 EVENT_HANDLERS = {
-    events.BatchCreated: [],
-    events.BatchQuantityChanged: [],
+    events.BatchCreated: [projections.add_batch_to_read_model],
+    events.BatchQuantityChanged: [projections.change_batch_quantity_in_read_model],
     events.Allocated: [
         projections.add_allocation_to_read_model,
         notify.publish_allocated_event,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from allocation.models import Allocation
-from readmodels.models import OrderAllocation
+from django.db.models import F
+
+from allocation.models import Allocation, Batch
+from readmodels.models import BatchStock, OrderAllocation
 
 
 def order_allocation_drift() -> Iterator[str]:
@@ -38,4 +40,35 @@ def order_allocation_drift() -> Iterator[str]:
             )
 
 
-CHECKS = {"order_allocations": order_allocation_drift}
+def batch_stock_drift() -> Iterator[str]:
+    """Describe every batch whose stock row differs from the write side."""
+    fields = ("purchased", "allocated", "eta")
+    written = {
+        ref: rest
+        for ref, *rest in Batch.objects.values_list(
+            "reference", F("purchased_quantity"), F("allocated_quantity"), "eta"
+        ).iterator(chunk_size=5000)
+    }
+    viewed = {
+        ref: rest
+        for ref, *rest in BatchStock.objects.values_list("reference", *fields).iterator(
+            chunk_size=5000
+        )
+    }
+    for ref in sorted(written.keys() | viewed.keys()):
+        want, got = written.get(ref), viewed.get(ref)
+        if want == got:
+            continue
+        if got is None:
+            yield f"batch {ref}: missing from the view"
+        elif want is None:
+            yield f"batch {ref}: in the view but not on the write side"
+        else:
+            yield f"batch {ref}: " + ", ".join(
+                f"{name} view {g} write side {w}"
+                for name, g, w in zip(fields, got, want, strict=True)
+                if g != w
+            )
+
+
+CHECKS = {"order_allocations": order_allocation_drift, "batch_stock": batch_stock_drift}

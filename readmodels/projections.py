@@ -1,11 +1,16 @@
 """Projection handlers: apply domain events to the read tables, in any delivery order.
 
 They run inside the delivery's transaction, so a projection and its delivery's done-mark
-commit together.
+commit together. Each row remembers the product version of the last event applied to it, and
+an older event changes nothing, so a redelivered or late event is harmless.
 """
 
+from datetime import date
+
+from django.db.models import F
+
 from allocation.domain import events
-from readmodels.models import OrderAllocation
+from readmodels.models import BatchStock, OrderAllocation
 
 
 def add_allocation_to_read_model(event: events.Allocated) -> None:
@@ -18,18 +23,56 @@ def remove_allocation_from_read_model(
     _apply_line(event.orderid, event.sku, event.qty, None, event.version)
 
 
-def _apply_line(orderid: str, sku: str, qty: int, batchref: str | None, version: int) -> None:
-    """Upsert the line unless the view already holds a newer version of it.
-
-    Insert-if-absent, then update-if-older: two statements, no savepoint, and correct when
-    two deliveries for the same line race (the update re-checks the version under its lock).
-    """
-    state = {"qty": qty, "batchref": batchref, "version": version}
-    OrderAllocation.objects.bulk_create(
-        [OrderAllocation(orderid=orderid, sku=sku, **state)], ignore_conflicts=True
+def add_batch_to_read_model(event: events.BatchCreated) -> None:
+    _ensure_batch(event.ref, event.sku)
+    # The eta never changes after creation, whatever else arrived first.
+    BatchStock.objects.filter(reference=event.ref).update(
+        eta=date.fromisoformat(event.eta) if event.eta else None
     )
-    OrderAllocation.objects.filter(orderid=orderid, sku=sku, version__lt=version).update(**state)
+    _apply_purchased(event.ref, event.qty, event.version)
+
+
+def change_batch_quantity_in_read_model(event: events.BatchQuantityChanged) -> None:
+    _ensure_batch(event.ref, event.sku)
+    _apply_purchased(event.ref, event.qty, event.version)
+
+
+def _apply_line(orderid: str, sku: str, qty: int, batchref: str | None, version: int) -> None:
+    """Move the line to its state at `version`, unless the view already holds a newer one.
+
+    A line with no batch is not allocated: the row stays as a tombstone, so a late event
+    older than the removal cannot bring the line back.
+    """
+    OrderAllocation.objects.bulk_create(
+        [OrderAllocation(orderid=orderid, sku=sku, qty=0, batchref=None, version=0)],
+        ignore_conflicts=True,
+    )
+    row = OrderAllocation.objects.select_for_update().get(orderid=orderid, sku=sku)
+    if row.version >= version:
+        return
+    if row.batchref:
+        BatchStock.objects.filter(reference=row.batchref).update(allocated=F("allocated") - row.qty)
+    if batchref:
+        _ensure_batch(batchref, sku)
+        BatchStock.objects.filter(reference=batchref).update(allocated=F("allocated") + qty)
+    OrderAllocation.objects.filter(pk=row.pk).update(qty=qty, batchref=batchref, version=version)
+
+
+def _ensure_batch(ref: str, sku: str) -> None:
+    """The batch's row, empty until its own events arrive (a line may get there first)."""
+    BatchStock.objects.bulk_create([BatchStock(reference=ref, sku=sku)], ignore_conflicts=True)
+
+
+def _apply_purchased(ref: str, qty: int, version: int) -> None:
+    BatchStock.objects.filter(reference=ref, version__lt=version).update(
+        purchased=qty, version=version
+    )
 
 
 # What the book-compatible write endpoints wait for before they answer (read-your-writes).
-READ_MODEL_HANDLERS = (add_allocation_to_read_model, remove_allocation_from_read_model)
+READ_MODEL_HANDLERS = (
+    add_allocation_to_read_model,
+    remove_allocation_from_read_model,
+    add_batch_to_read_model,
+    change_batch_quantity_in_read_model,
+)

@@ -1,5 +1,7 @@
 """Commands through the real bus on PostgreSQL, with tasks run eagerly after commit."""
 
+from datetime import date
+
 import pytest
 from django.core import mail
 
@@ -66,3 +68,26 @@ def test_cancel_frees_stock_and_the_view_forgets_the_line(bus):
     assert orm.Batch.objects.get(reference="b1").allocated_quantity == 0
     assert allocations_for_order("o1") == []
     assert bus.handle(commands.Allocate("o2", "MUG", 5)) == "b1"
+
+
+def test_stock_read_model_follows_batches_and_allocations(bus):
+    from readmodels.consistency import CHECKS
+    from readmodels.selectors import stock_for_sku
+
+    bus.handle(commands.CreateBatch("a", "RUG", 10, None))
+    bus.handle(commands.CreateBatch("b", "RUG", 5, "2030-02-01"))
+    bus.handle(commands.CreateBatch("c", "RUG", 5, "2030-01-01"))
+    bus.handle(commands.Allocate("o1", "RUG", 6))
+    bus.handle(commands.Allocate("o2", "RUG", 4))
+    bus.handle(commands.ChangeBatchQuantity("a", 7))  # o2 moves to c
+    bus.handle(commands.CancelAllocation("o1", "RUG"))
+
+    assert stock_for_sku("RUG") == {
+        "sku": "RUG",
+        "purchased": 17,
+        "allocated": 4,
+        "available": 13,
+        "batches": 3,
+        "next_eta": date(2030, 1, 1),
+    }
+    assert [d for check in CHECKS.values() for d in check()] == []
