@@ -27,23 +27,35 @@ def order_lines(orderid: str) -> list[dict[str, Any]]:
     )
 
 
-def stock_by_sku() -> QuerySet:
+def stock_by_sku(sku: str | None = None) -> list[dict[str, Any]]:
     """Per sku: purchased, allocated, available, batch count and the next eta."""
-    return (
-        BatchStock.objects.values("sku")
+    rows = BatchStock.objects.all() if sku is None else BatchStock.objects.filter(sku=sku)
+    totals = (
+        rows.values("sku")
         .annotate(
-            purchased=Sum("purchased"),
-            allocated=Sum("allocated"),
-            available=Sum("purchased") - Sum("allocated"),
-            batches=Count("reference"),
-            next_eta=Min("eta"),
+            total_purchased=Sum("purchased"),
+            total_allocated=Sum("allocated"),
+            batch_count=Count("reference"),
+            first_eta=Min("eta"),
         )
         .order_by("sku")
     )
+    return [
+        {
+            "sku": row["sku"],
+            "purchased": row["total_purchased"],
+            "allocated": row["total_allocated"],
+            "available": row["total_purchased"] - row["total_allocated"],
+            "batches": row["batch_count"],
+            "next_eta": row["first_eta"],
+        }
+        for row in totals
+    ]
 
 
 def stock_for_sku(sku: str) -> dict[str, Any] | None:
-    return stock_by_sku().filter(sku=sku).first()
+    found = stock_by_sku(sku)
+    return found[0] if found else None
 
 
 def batches(sku: str | None = None) -> QuerySet:
