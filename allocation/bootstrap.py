@@ -22,18 +22,32 @@ COMMAND_HANDLERS = {
 }
 
 EVENT_HANDLERS = {
-    events.BatchCreated: [projections.add_batch_to_read_model],
-    events.BatchQuantityChanged: [projections.change_batch_quantity_in_read_model],
+    events.BatchCreated: [
+        projections.add_batch_to_read_model,
+        notify.append_to_event_stream,
+    ],
+    events.BatchQuantityChanged: [
+        projections.change_batch_quantity_in_read_model,
+        notify.append_to_event_stream,
+    ],
     events.Allocated: [
         projections.add_allocation_to_read_model,
         notify.publish_allocated_event,
+        notify.append_to_event_stream,
     ],
     events.Deallocated: [
         projections.remove_allocation_from_read_model,
         handlers.reallocate,
+        notify.append_to_event_stream,
     ],
-    events.AllocationCancelled: [projections.remove_allocation_from_read_model],
-    events.OutOfStock: [notify.send_out_of_stock_notification],
+    events.AllocationCancelled: [
+        projections.remove_allocation_from_read_model,
+        notify.append_to_event_stream,
+    ],
+    events.OutOfStock: [
+        notify.send_out_of_stock_notification,
+        notify.append_to_event_stream,
+    ],
 }
 
 # The handlers whose effects read-your-writes waits for.
@@ -55,6 +69,7 @@ def bootstrap(
     dispatch: Callable[[list[int]], None] | None = None,
     notifications: Any = None,
     publish: Any = None,
+    event_stream: Any = None,
     command_handlers: dict | None = None,
     event_handlers: dict | None = None,
     command_retries: int | None = None,
@@ -81,6 +96,18 @@ def bootstrap(
         from notifications.adapters import LogPublisher, RedisPublisher
 
         publish = RedisPublisher(settings.REDIS_URL) if settings.REDIS_URL else LogPublisher()
+    if event_stream is None:
+        from notifications.adapters import LogPublisher, RedisEventStream
+
+        event_stream = (
+            RedisEventStream(
+                settings.REDIS_URL,
+                settings.ALLOCATION_EVENT_STREAM,
+                settings.ALLOCATION_EVENT_STREAM_MAXLEN,
+            )
+            if settings.REDIS_URL
+            else LogPublisher()
+        )
     if event_handlers is None:
         extra = settings.ALLOCATION_EXTRA_EVENT_HANDLERS
         event_handlers = with_extra_handlers(EVENT_HANDLERS, extra)
@@ -88,7 +115,11 @@ def bootstrap(
         start_uow=start_uow,
         command_handlers=COMMAND_HANDLERS if command_handlers is None else command_handlers,
         event_handlers=event_handlers,
-        dependencies={"notifications": notifications, "publish": publish},
+        dependencies={
+            "notifications": notifications,
+            "publish": publish,
+            "event_stream": event_stream,
+        },
         dispatch=dispatch,
         command_retries=(
             settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries

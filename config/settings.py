@@ -173,6 +173,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- notifications --------------------------------------------------------------------------
+# Every domain event is appended to this Redis stream (trimmed to about MAXLEN entries).
+ALLOCATION_EVENT_STREAM = env.str("ALLOCATION_EVENT_STREAM", default="allocation.events")
+ALLOCATION_EVENT_STREAM_MAXLEN = env.int("ALLOCATION_EVENT_STREAM_MAXLEN", default=1_000_000)
 OUT_OF_STOCK_EMAIL_RECIPIENTS = env.list(
     "OUT_OF_STOCK_EMAIL_RECIPIENTS", default=["stock@example.com"]
 )

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from allocation.domain import events
-from notifications.adapters import EmailNotifications
+from notifications.adapters import EmailNotifications, RedisEventStream
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -15,7 +15,10 @@ def send_out_of_stock_notification(
     event: events.OutOfStock, notifications: EmailNotifications, event_id: str
 ) -> None:
     notifications.send(
-        f"Out of stock: {event.sku}", f"Out of stock for {event.sku}", dedup_key=event_id
+        f"Out of stock: {event.sku}",
+        f"Out of stock for {event.sku}: an order line could not be allocated.",
+        dedup_key=event_id,
+        kind="out_of_stock_email",
     )
 
 
@@ -31,3 +34,10 @@ def publish_allocated_event(event: events.Allocated, publish: Publish, event_id:
             "event_id": event_id,
         },
     )
+
+
+def append_to_event_stream(
+    event: events.Event, event_stream: RedisEventStream, event_id: str
+) -> None:
+    """Every domain event, in the durable stream integrators read (`allocation.events`)."""
+    event_stream.append(event_id, type(event).__name__, event.to_dict())

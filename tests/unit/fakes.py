@@ -247,17 +247,25 @@ class FakeNotifications:
         self.sent: list[tuple[str, str]] = []
         self.dedup_keys: list[str | None] = []
 
-    def send(self, subject: str, body: str, dedup_key: str | None = None) -> None:
+    def send(
+        self, subject: str, body: str, dedup_key: str | None = None, kind: str = "email"
+    ) -> None:
         self.sent.append((subject, body))
         self.dedup_keys.append(dedup_key)
 
 
 class FakePublisher:
+    """Records pub/sub messages and stream entries."""
+
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
+        self.streamed: list[tuple[str, str, dict[str, Any]]] = []
 
     def __call__(self, channel: str, message: dict[str, Any]) -> None:
         self.published.append((channel, message))
+
+    def append(self, event_id: str, type_name: str, payload: dict[str, Any]) -> None:
+        self.streamed.append((event_id, type_name, payload))
 
 
 # The production routing without the read-model projections: those write read tables through
@@ -285,6 +293,7 @@ def bootstrap_test_bus(
         start_uow=functools.partial(FakeUnitOfWork, store),
         notifications=notifications,
         publish=publisher,
+        event_stream=publisher,
         **options,
     )
     return bus, store, notifications, publisher

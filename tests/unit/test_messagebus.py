@@ -258,11 +258,12 @@ def test_a_transport_that_is_down_only_delays_delivery():
     assert bus.handle(commands.Allocate("o1", "LAMP", 10)) == "b1"
     assert publisher.published == []
     pending = [d.id for d in store.deliveries.values() if d.status == PENDING]
-    assert len(pending) == 1
+    assert len(pending) == 3  # BatchCreated -> stream; Allocated -> publish, stream
 
     bus.deliver_all(pending)  # what the sweeper does
 
     assert [channel for channel, _ in publisher.published] == ["line_allocated"]
+    assert [type_name for _, type_name, _ in publisher.streamed] == ["BatchCreated", "Allocated"]
 
 
 def test_commands_returned_by_an_event_handler_are_handled_in_the_same_chain():
