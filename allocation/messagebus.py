@@ -97,6 +97,7 @@ class MessageBus:
                     correlation_id=context.correlation_id,
                     causation_id=context.causation_id,
                     handling=type(command).__name__,
+                    sku=getattr(command, "sku", None),
                 ):
                     result = self._run_command(command, uow)
             except TransactionConflict:
@@ -165,6 +166,7 @@ class MessageBus:
             correlation_id=delivery.correlation_id,
             causation_id=delivery.event_id,
             handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
+            sku=delivery.event.sku,
         ):
             handler = self._event_handler(delivery.handler)
             follow_ups = handler(delivery.event, uow=uow, event_id=delivery.event_id)

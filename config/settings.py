@@ -214,10 +214,15 @@ LOGGING = {
         "plain": {
             "format": "%(asctime)s %(levelname)s %(name)s "
             "[%(correlation_id)s %(handling)s] %(message)s"
-        }
+        },
+        "json": {"()": "allocation.tracing.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["trace"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": env.str("DJANGO_LOG_FORMAT", default="plain"),
+            "filters": ["trace"],
+        }
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
