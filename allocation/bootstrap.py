@@ -121,6 +121,7 @@ def bootstrap(
             "event_stream": event_stream,
         },
         dispatch=dispatch,
+        shared_transaction=projections.READ_MODEL_HANDLERS,
         command_retries=(
             settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries
         ),

@@ -45,8 +45,10 @@ class MessageBus:
         dependencies: Mapping[str, Any],
         dispatch: Callable[[list[int]], None] | None = None,
         command_retries: int = 5,
+        shared_transaction: Iterable[Handler] = (),
     ):
         self.start_uow = start_uow
+        self.shared_transaction = frozenset(handler_name(h) for h in shared_transaction)
         self.command_handlers = {
             cmd: self._inject(h, dependencies) for cmd, h in command_handlers.items()
         }
@@ -125,12 +127,34 @@ class MessageBus:
     def deliver_all(self, delivery_ids: list[int]) -> None:
         """Run (event, handler) deliveries, each once, each succeeding or failing on its own.
 
-        They share one transaction, for speed, but each runs in a savepoint of its own: a
-        handler's database effects, the commands it issues and its done-mark commit together,
-        and a failing handler undoes only its own work, which is recorded on its delivery
-        (retried later with backoff, or parked as dead). A delivery that is done, dead, or
-        running in another worker is left alone, so running a delivery twice changes nothing.
+        A delivery's database effects, the commands its handler issues and its done-mark
+        commit together, so running a delivery twice changes nothing; one that is done, dead,
+        or running in another worker is left alone. A failure is recorded on the delivery and
+        retried later with backoff, or parked as dead.
+
+        First, in a short transaction of its own, each delivery's attempt is counted: a
+        handler that kills its process (a hard time limit, memory) is given up on too. Then the
+        deliveries of `shared_transaction` handlers (database-only, fast: the projections) run
+        in one transaction, a savepoint each, and commit first; every other handler runs in a
+        transaction of its own, so a slow or crashing one never delays or repeats another's
+        effects.
         """
+        started = self._start(delivery_ids)
+        shared = [i for i, handler in started if handler in self.shared_transaction]
+        if shared:
+            self._run_together(shared)
+        for delivery_id, handler in started:
+            if handler not in self.shared_transaction:
+                self._run_together([delivery_id])
+
+    def _start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+        uow = self.start_uow(self.subscriptions, None)
+        with uow:
+            started = uow.deliveries.start(delivery_ids)
+            uow.commit()
+        return started
+
+    def _run_together(self, delivery_ids: list[int]) -> None:
         uow = self.start_uow(self.subscriptions, None)
         try:
             with uow:
@@ -151,7 +175,7 @@ class MessageBus:
             # connection): try each delivery in a transaction of its own.
             if len(delivery_ids) > 1:
                 for delivery_id in delivery_ids:
-                    self.deliver_all([delivery_id])
+                    self._run_together([delivery_id])
             else:
                 logger.exception("delivery %s failed", delivery_ids[0])
                 self._record_failure(delivery_ids[0], exc)

@@ -16,7 +16,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from allocation.domain import events
@@ -74,6 +75,27 @@ class DjangoDeliveryRepository:
         )
         return [d.pk for d in deliveries]
 
+    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+        rows = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=delivery_ids, status=Delivery.Status.PENDING)
+            .order_by("pk")
+            .values_list("pk", "handler", "attempts")
+        )
+        limit = settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS
+        exhausted = [pk for pk, _, attempts in rows if attempts >= limit]
+        if exhausted:
+            Delivery.objects.filter(pk__in=exhausted).update(
+                status=Delivery.Status.DEAD,
+                last_error=Concat(
+                    F("last_error"),
+                    Value(f"\nGave up: {limit} attempts did not finish (a crash or a timeout?)"),
+                ),
+            )
+        started = [(pk, handler) for pk, handler, attempts in rows if attempts < limit]
+        Delivery.objects.filter(pk__in=[pk for pk, _ in started]).update(attempts=F("attempts") + 1)
+        return started
+
     def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
         rows = (
             Delivery.objects.select_for_update(skip_locked=True, of=("self",))
@@ -102,14 +124,14 @@ class DjangoDeliveryRepository:
     def mark_done(self, delivery_ids: list[int]) -> None:
         if delivery_ids:
             Delivery.objects.filter(pk__in=delivery_ids).update(
-                status=Delivery.Status.DONE, done_at=timezone.now(), attempts=F("attempts") + 1
+                status=Delivery.Status.DONE, done_at=timezone.now()
             )
 
     def record_failure(self, delivery_id: int, error: BaseException) -> None:
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None or delivery.status != Delivery.Status.PENDING:
             return
-        delivery.attempts += 1
+        # Its attempt was counted when it started.
         delivery.last_error = "".join(traceback.format_exception(error))
         if delivery.attempts >= settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS:
             delivery.status = Delivery.Status.DEAD
@@ -117,7 +139,7 @@ class DjangoDeliveryRepository:
             delivery.next_attempt_at = timezone.now() + timedelta(
                 seconds=backoff(delivery.attempts)
             )
-        delivery.save(update_fields=["attempts", "last_error", "status", "next_attempt_at"])
+        delivery.save(update_fields=["last_error", "status", "next_attempt_at"])
 
 
 def wait_for_deliveries(correlation_id: str, handlers: Iterable[str], timeout: float) -> bool:

@@ -53,6 +53,10 @@ class DeliveryRepository(Protocol):
     ) -> list[int]:
         """Write the events to the event log, with one delivery per subscribed handler."""
 
+    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+        """Count an attempt for each pending delivery another worker does not hold, and park
+        those already out of attempts as dead. Returns (id, handler) of those to run."""
+
     def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
         """Lock the pending ones of these deliveries, skipping any another worker holds."""
 

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from tests.e2e.conftest import wait_until
+from tests.e2e.harness import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pytest
-import redis
 
-from tests.e2e.conftest import (
+from tests.e2e.harness import (
     BIN,
     CHANGE_BATCH_QUANTITY,
     Api,
+    PrivateRedis,
     Process,
-    free_port,
     publish,
     wait_until,
 )
@@ -119,38 +118,6 @@ def test_the_consumer_skips_bad_messages_and_keeps_going(stack, api, unique, red
     ]
     unnamed = [marker for marker in m if not any(marker in line for line in skipped)]
     assert unnamed == [], f"bad messages not logged as skipped: {unnamed}\n" + "\n".join(skipped)
-
-
-class PrivateRedis:
-    """A redis-server of a test's own, that it may kill and start again on the same port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
-        self.servers: list[Process] = []
-
-    def start(self) -> Process:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        server = Process(f"private-redis-{len(self.servers)}", argv).start()
-        self.servers.append(server)
-        wait_until(self.answers, 10, f"redis-server on port {self.port} to answer")
-        return server
-
-    def answers(self) -> bool:
-        try:
-            return self.client.ping()
-        except redis.ConnectionError:
-            return False
-
-    def subscribers(self, channel: str) -> int:
-        return dict(self.client.pubsub_numsub(channel))[channel.encode()]
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.stop()
-        self.client.close()
 
 
 @pytest.fixture

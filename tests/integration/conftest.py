@@ -30,7 +30,13 @@ def redis_client():
 
 @pytest.fixture
 def line_allocated(redis_client):
-    """Messages published on `line_allocated` from now on, read with `drain()`."""
+    """Messages published on `line_allocated` from now on, read with `drain()`.
+
+    Pub/sub channels are server-wide, so other processes on the same Redis may publish too:
+    only messages about events in this test's database are kept.
+    """
+    from allocation.models import StoredEvent
+
     pubsub = redis_client.pubsub()
     pubsub.subscribe("line_allocated")
     assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # subscribed before we act
@@ -39,7 +45,8 @@ def line_allocated(redis_client):
         messages = []
         while message := pubsub.get_message(timeout=0.5):
             messages.append(json.loads(message["data"]))
-        return messages
+        ours = {str(pk) for pk in StoredEvent.objects.values_list("pk", flat=True)}
+        return [m for m in messages if m.get("event_id") in ours]
 
     yield drain
     pubsub.close()

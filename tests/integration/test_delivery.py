@@ -235,3 +235,48 @@ def test_deliveries_of_one_batch_fail_alone_and_undo_only_their_own_work():
     assert [s for h, s in statuses.items() if h != failing.handler] == ["done"] * 3
     assert not OrderAllocation.objects.filter(orderid="ghost").exists()
     assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b1"}]
+
+
+def test_a_delivery_whose_runs_keep_dying_is_given_up_on(settings):
+    """A handler that kills its process never records a failure; its attempts still count."""
+    settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS = 3
+    lost = []
+    bus = bootstrap(dispatch=lost.extend)
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+    publish = orm.Delivery.objects.get(handler__endswith="publish_allocated_event")
+    # three runs started (each counted its attempt) and died before they could finish
+    orm.Delivery.objects.filter(pk=publish.pk).update(attempts=3)
+
+    bus.deliver_all(lost)
+
+    publish.refresh_from_db()
+    assert publish.status == "dead"
+    assert "Gave up: 3 attempts did not finish" in publish.last_error
+    others = orm.Delivery.objects.exclude(pk=publish.pk).values_list("status", "attempts")
+    assert set(others) == {("done", 1)}
+
+
+def test_projections_commit_before_a_slow_external_handler_runs():
+    seen_by_slow_handler = []
+
+    def slow_external(event: events.Allocated) -> None:
+        # Another connection, as a reader would see it: the projection has committed already.
+        from django.db import connections
+
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute(
+                    "SELECT batchref FROM readmodels_orderallocation WHERE orderid = %s",
+                    [event.orderid],
+                )
+                seen_by_slow_handler.append(cursor.fetchone())
+        finally:
+            other.close()
+
+    bus = bus_with(slow_external)
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+
+    assert seen_by_slow_handler == [("b1",)]

@@ -169,6 +169,16 @@ class FakeDeliveryRepository:
                 added.append(delivery.id)
         return added
 
+    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+        started = []
+        for delivery_id in sorted(delivery_ids):
+            delivery = self.deliveries.get(delivery_id)
+            if delivery is None or delivery.status != PENDING:
+                continue
+            self.deliveries[delivery_id] = replace(delivery, attempts=delivery.attempts + 1)
+            started.append((delivery_id, delivery.handler))
+        return started
+
     def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
         claimed = []
         for delivery_id in sorted(delivery_ids):
@@ -190,15 +200,11 @@ class FakeDeliveryRepository:
     def mark_done(self, delivery_ids: list[int]) -> None:
         for delivery_id in delivery_ids:
             delivery = self.deliveries[delivery_id]
-            self.deliveries[delivery_id] = replace(
-                delivery, status=DONE, attempts=delivery.attempts + 1
-            )
+            self.deliveries[delivery_id] = replace(delivery, status=DONE)
 
     def record_failure(self, delivery_id: int, error: BaseException) -> None:
         delivery = self.deliveries[delivery_id]
-        self.deliveries[delivery_id] = replace(
-            delivery, attempts=delivery.attempts + 1, last_error=repr(error)
-        )
+        self.deliveries[delivery_id] = replace(delivery, last_error=repr(error))
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
