@@ -2,6 +2,8 @@
 
 import uuid
 
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -27,6 +29,11 @@ class Batch(models.Model):
 
     class Meta:
         verbose_name_plural = "batches"
+        # The commands' permissions (the API checks them; the "allocators" group holds them).
+        permissions = [
+            ("create_batch", "Can create batches (CreateBatch)"),
+            ("change_batch_quantity", "Can change a batch's quantity (ChangeBatchQuantity)"),
+        ]
         constraints = [
             # The last line of defence: the database refuses an over-allocated batch.
             models.CheckConstraint(
@@ -54,6 +61,10 @@ class Allocation(models.Model):
     version = models.PositiveBigIntegerField()
 
     class Meta:
+        permissions = [
+            ("allocate", "Can allocate order lines (Allocate)"),
+            ("cancel_allocation", "Can cancel allocations (CancelAllocation)"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["orderid", "sku"], name="one_allocation_per_order_line"
@@ -123,3 +134,27 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} <- {self.event_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a POST that carried an `Idempotency-Key`, per user and key.
+
+    A replay with the same key and the same request gets this response again instead of running
+    the command twice; the same key with another request is refused.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    # sha256 of the method, path and canonical JSON body of the first request.
+    fingerprint = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    body = models.JSONField(null=True, encoder=DjangoJSONEncoder)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="one_record_per_user_and_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"

@@ -32,6 +32,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "allocation.apps.AllocationConfig",
     "readmodels.apps.ReadmodelsConfig",
     "notifications.apps.NotificationsConfig",
@@ -39,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and Swagger UI's static files under gunicorn (after collectstatic).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,8 +96,16 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # --- REST framework -------------------------------------------------------------------------
+# The API's bodies are a few hundred bytes: refuse anything much larger unread (DRF's JSON
+# parsing goes through request.body, which enforces this; the APIs answer 413).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -102,13 +114,50 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # The book-compatible endpoints' {"message"} errors; /api/v1 views use their own envelope.
     "EXCEPTION_HANDLER": "allocation.api.errors.compat_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["allocation.api.throttling.WriteRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
         "rest_framework.renderers.BrowsableAPIRenderer"
     )
+# Writes (v1 and book-compatible) per user, e.g. "100/second", "6000/minute"; "off" or empty
+# disables the throttle. Counted in the default cache.
+ALLOCATION_WRITE_THROTTLE_RATE = env.str("ALLOCATION_WRITE_THROTTLE_RATE", default="100/second")
+if ALLOCATION_WRITE_THROTTLE_RATE.strip().lower() not in {"", "off", "none"}:
+    import re
+
+    if not re.fullmatch(r"\d+/[smhd][a-z]*", ALLOCATION_WRITE_THROTTLE_RATE.strip()):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "ALLOCATION_WRITE_THROTTLE_RATE must look like 100/second, 6000/minute or off"
+        )
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Allocation service API",
+    "DESCRIPTION": (
+        "Batches, allocations, stock and the event log of the inventory allocation service. "
+        "Reads need an authenticated user (Token or session); each write needs the permission "
+        "of its command (the group `allocators` holds them all). See docs/api.md."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its UI are public.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # No CDN: drf-spectacular-sidecar ships Swagger UI as static files.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["allocation.api.v1.schema.documented_endpoints_only"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "allocation.models.Delivery.Status"},
+}
 
 # --- Celery and Redis -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -139,8 +188,23 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Keep the worker's DB connection across tasks (Celery closes it after every task otherwise).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
+# --- cache (the write throttle's counters) --------------------------------------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env.str("DJANGO_CACHE_KEY_PREFIX", default="allocation"),
+            # A slow or dead Redis must not hold a request: the throttle then lets it through.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # --- allocation service ---------------------------------------------------------------------
-# How long the book-compatible write endpoints wait for their read-model projections.
+# How long the book-compatible write endpoints wait for their read-model projections; also the
+# most a /api/v1 write waits when the client asks for it with `Prefer: wait=<seconds>`.
 ALLOCATION_READ_YOUR_WRITES_TIMEOUT = env.float("ALLOCATION_READ_YOUR_WRITES_TIMEOUT", default=2.0)
 # Bounded retries for a command that lost a race on the same product (serialisation, deadlock).
 ALLOCATION_COMMAND_RETRIES = env.int("ALLOCATION_COMMAND_RETRIES", default=5)

@@ -73,3 +73,9 @@ def batch_lines(ref: str) -> list[dict[str, Any]]:
         .order_by("orderid")
         .values("orderid", "sku", "qty")
     )
+
+
+def batch(ref: str) -> dict[str, Any] | None:
+    """One batch's stock (as `batches()` gives it) and its allocated lines, or None."""
+    found = batches().filter(reference=ref).first()
+    return None if found is None else {**found, "lines": batch_lines(ref)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -40,6 +41,8 @@ def compat_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     """The book-compatible error body, `{"message": ...}`, for every error."""
     if isinstance(exc, model.DomainError):
         return Response({"message": str(exc)}, status=domain_error_status(exc))
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"message": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, TransactionConflict):
         return Response(
             {"message": "The product is busy; try again."},
