@@ -7,7 +7,7 @@ PORT   ?= 8000
 PG_URL    ?= postgres://postgres@127.0.0.1:5432/allocation
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test venv dev-venv lint check unit integration e2e web worker beat consumer createdb clean
+.PHONY: run test venv dev-venv lint check chromium unit integration api admin e2e web worker beat consumer createdb clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,20 +33,33 @@ run: $(BIN)/.installed
 	@echo ""
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-## test: lint, contract checks, then every test layer (unit, integration, e2e) on PostgreSQL and Redis
-test: $(BIN)/.dev-installed lint check
-	$(BIN)/pytest tests/unit tests/integration tests/e2e
+## test: lint, contract checks, then every test layer on PostgreSQL, Redis and real processes
+test: $(BIN)/.dev-installed chromium lint check
+	$(BIN)/pytest tests/unit tests/integration tests/api tests/admin tests/e2e
+
+## chromium: Debian's Chromium and its driver, for the admin's browser test (tests/admin)
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 lint: $(BIN)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-check: export DJANGO_SECRET_KEY ?= check-only
+## check: migrations match the models, the OpenAPI schema builds with no warning, and the
+## production settings pass Django's deployment checks
+check: export DJANGO_SECRET_KEY ?= check-only-$(shell head -c 48 /dev/urandom | base64 | tr -d '/+=')
 check: $(BIN)/.dev-installed
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python manage.py spectacular --fail-on-warn --validate --file /dev/null
+	DJANGO_SECURE_SSL_REDIRECT=1 DJANGO_SESSION_COOKIE_SECURE=1 DJANGO_CSRF_COOKIE_SECURE=1 \
+	  DJANGO_SECURE_HSTS_SECONDS=31536000 DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS=1 \
+	  DJANGO_SECURE_HSTS_PRELOAD=1 $(BIN)/python manage.py check --deploy --fail-level WARNING
 
-unit integration e2e: $(BIN)/.dev-installed
+unit integration api admin e2e: $(BIN)/.dev-installed
 	$(BIN)/pytest tests/$@
 
 ## The processes of a deployment, on PostgreSQL and Redis (docker-compose.yml runs the same).
@@ -56,6 +69,7 @@ web worker beat consumer: export DJANGO_DEBUG ?= 1
 
 web: $(BIN)/.installed createdb
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/gunicorn config.wsgi -b 127.0.0.1:$(PORT) -w 4
 
 worker: $(BIN)/.installed
