@@ -17,7 +17,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, F, Q, Sum, Value, When
+from django.db.models import Count, F, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -535,26 +535,6 @@ EVENT_SUMMARIES = {
 }
 
 
-# Events that one command records together share their time and often their version; this is
-# the order the aggregate records them in (a quantity change, then the lines it takes off).
-RECORDING_ORDER = Case(
-    *(
-        When(type=name, then=Value(rank))
-        for rank, name in enumerate(
-            [
-                "BatchCreated",
-                "BatchQuantityChanged",
-                "AllocationCancelled",
-                "Deallocated",
-                "Allocated",
-                "OutOfStock",
-            ]
-        )
-    ),
-    default=Value(len(EVENT_TYPES)),
-)
-
-
 def describe(event_type: str, payload: Any) -> str:
     template = EVENT_SUMMARIES.get(event_type)
     if template and isinstance(payload, dict):
@@ -677,8 +657,8 @@ class StoredEventAdmin(SkuColumn, ReadOnlyAdmin):
 
     def get_ordering(self, request):
         if "correlation_id" in request.GET:  # a chain reads best in the order it happened
-            return ("occurred_at", "version", RECORDING_ORDER.asc())
-        return ("-occurred_at", "-version", RECORDING_ORDER.desc())
+            return ("occurred_at", "position")
+        return ("-occurred_at", "-position")
 
     def get_search_results(self, request, queryset, search_term):
         # An event type matches whatever its case; an id matches whole (and uses the index).

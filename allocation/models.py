@@ -85,12 +85,16 @@ class StoredEvent(models.Model):
     version = models.PositiveBigIntegerField()
     payload = models.JSONField()
     occurred_at = models.DateTimeField(default=timezone.now)
+    # Its place among the events of its commit, which share `occurred_at`: the order in which
+    # the aggregate recorded them (a quantity change, then the lines it takes off).
+    position = models.PositiveSmallIntegerField(default=0)
     correlation_id = models.CharField(max_length=64)
     causation_id = models.CharField(max_length=64)
 
     class Meta:
-        ordering = ["occurred_at"]
+        ordering = ["occurred_at", "position"]
         indexes = [
+            models.Index(fields=["occurred_at", "position"], name="event_log_order"),
             models.Index(fields=["sku", "version"], name="event_sku_version"),
             models.Index(fields=["correlation_id"], name="event_correlation"),
             models.Index(fields=["type", "occurred_at"], name="event_type_time"),

@@ -65,8 +65,9 @@ class DjangoDeliveryRepository:
                 occurred_at=now,
                 correlation_id=context.correlation_id,
                 causation_id=context.causation_id,
+                position=position,
             )
-            for event in new_events
+            for position, event in enumerate(new_events)
         )
         deliveries = Delivery.objects.bulk_create(
             Delivery(event_id=row.id, handler=handler, next_attempt_at=due)

@@ -62,7 +62,7 @@ def batches(sku: str | None = None) -> QuerySet:
     rows = BatchStock.objects.annotate(available=F("purchased") - F("allocated"))
     if sku:
         rows = rows.filter(sku=sku)
-    return rows.order_by("sku", "eta", "reference").values(
+    return rows.order_by("sku", F("eta").asc(nulls_first=True), "reference").values(
         "reference", "sku", "eta", "purchased", "allocated", "available"
     )
 

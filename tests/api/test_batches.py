@@ -51,7 +51,8 @@ def test_list_batches_from_the_read_model_filtered_by_sku(reader, batch):
     assert response.status_code == 200
     body = response.json()
     assert body["count"] == 2
-    assert body["results"] == [  # by sku, then eta (PostgreSQL: no eta last), then ref
+    assert body["results"] == [  # by sku, then as allocation prefers: warehouse stock first
+        {"ref": "b1", "sku": "LAMP", "eta": None, "purchased": 5, "allocated": 0, "available": 5},
         {
             "ref": "b2",
             "sku": "LAMP",
@@ -60,7 +61,6 @@ def test_list_batches_from_the_read_model_filtered_by_sku(reader, batch):
             "allocated": 0,
             "available": 10,
         },
-        {"ref": "b1", "sku": "LAMP", "eta": None, "purchased": 5, "allocated": 0, "available": 5},
     ]
     assert reader.get("/api/v1/batches").json()["count"] == 3
 

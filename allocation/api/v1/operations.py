@@ -27,7 +27,7 @@ class LogCursor(pagination.CursorPagination):
 
 
 class EventCursor(LogCursor):
-    ordering = ("occurred_at", "id")
+    ordering = ("occurred_at", "position", "id")
 
 
 class DeliveryCursor(LogCursor):
