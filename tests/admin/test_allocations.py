@@ -4,8 +4,8 @@ import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.urls import reverse
 
-from allocation import admin as allocation_admin
 from allocation import models as orm
+from allocation.admin import allocations as allocation_admin
 from allocation.domain import commands
 from allocation.domain.model import NotAllocated
 from readmodels.models import OrderAllocation
