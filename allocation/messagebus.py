@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from allocation.domain import commands, events
+from allocation.domain.model import DomainError
+from allocation.metrics import COMMANDS, DELIVERIES_RUN
 from allocation.tracing import traced
 from allocation.unit_of_work import (
     AbstractUnitOfWork,
@@ -104,10 +106,16 @@ class MessageBus:
                     result = self._run_command(command, uow)
             except TransactionConflict:
                 if attempt == self.command_retries:
+                    COMMANDS.labels(type(command).__name__, "conflict").inc()
                     raise
                 logger.info("retrying %s after a conflict (attempt %d)", command, attempt + 1)
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
                 continue
+            except Exception as exc:
+                outcome = "rejected" if isinstance(exc, DomainError) else "failed"
+                COMMANDS.labels(type(command).__name__, outcome).inc()
+                raise
+            COMMANDS.labels(type(command).__name__, "ok").inc()
             self.dispatch_committed(uow.new_deliveries)
             return result
         raise AssertionError("unreachable")
@@ -166,8 +174,10 @@ class MessageBus:
                     except Exception as exc:
                         logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
                         uow.deliveries.record_failure(delivery.id, exc)
+                        DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
                     else:
                         done.append(delivery.id)
+                        DELIVERIES_RUN.labels(delivery.handler, "done").inc()
                 uow.deliveries.mark_done(done)
                 uow.commit()
         except Exception as exc:

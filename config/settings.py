@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "allocation.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and Swagger UI's static files under gunicorn (after collectstatic).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -235,6 +236,9 @@ ALLOCATION_EXTRA_EVENT_HANDLERS = env.json("ALLOCATION_EXTRA_EVENT_HANDLERS", de
 CELERY_BEAT_SCHEDULE = {
     "sweep-outbox": {"task": "allocation.sweep", "schedule": ALLOCATION_SWEEP_INTERVAL},
 }
+
+# Set to require `Authorization: Bearer <token>` on /metrics.
+ALLOCATION_METRICS_TOKEN = env.str("ALLOCATION_METRICS_TOKEN", default="")
 
 # --- notifications --------------------------------------------------------------------------
 # Every domain event is appended to this Redis stream (trimmed to about MAXLEN entries).

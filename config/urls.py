@@ -8,6 +8,7 @@ from allocation.api.v1.base import RouteNotFoundApi
 from allocation.api.v1.batches import BatchCreateApi, BatchQuantityChangeApi
 from allocation.api.v1.operations import DeliveryListApi, EventListApi
 from allocation.api.v1.routing import resource
+from allocation.metrics import metrics_view
 from readmodels import api as reads
 
 # /api/v1/: one URL may join a read view (readmodels) and a write view (allocation).
@@ -38,6 +39,7 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", HealthCheckApi.as_view(), name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include((api_v1, "v1"))),
