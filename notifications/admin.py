@@ -1,10 +1,11 @@
 from django.contrib import admin
 
+from allocation.admin.common import ReadOnlyAdmin
 from notifications.models import Notification
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(ReadOnlyAdmin):
     """What was sent, to whom, for which event. A log: nothing here can be edited."""
 
     list_display = ("created_at", "kind", "status", "recipient_list", "subject", "event_id")
@@ -17,12 +18,3 @@ class NotificationAdmin(admin.ModelAdmin):
     @admin.display(description="to")
     def recipient_list(self, obj: Notification) -> str:
         return ", ".join(obj.recipients)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

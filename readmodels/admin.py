@@ -12,25 +12,13 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
+from allocation.admin.common import ReadOnlyAdmin  # projections are kept by their handlers
 from readmodels import selectors
 from readmodels.models import BatchStock, OrderAllocation
 
 # Below this share of its purchased stock still available, a sku is flagged as running low.
 LOW_STOCK_SHARE = 0.1
 SKUS_PER_PAGE = 100
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Projections are kept by their event handlers; nobody edits them by hand."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class LineStateFilter(admin.SimpleListFilter):
