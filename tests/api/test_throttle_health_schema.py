@@ -93,6 +93,7 @@ def test_health_is_503_when_the_database_is_down(anonymous, monkeypatch):
 def test_a_dead_broker_degrades_but_does_not_unready(anonymous, monkeypatch, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
     monkeypatch.setattr("config.celery.app.conf.broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr("config.celery.app.conf.broker_write_url", "redis://127.0.0.1:1/0")
     response = anonymous.get("/health/")
     assert response.status_code == 200
     assert response.json()["status"] == "degraded"

@@ -509,16 +509,6 @@ def test_read_model_deliveries_applied_in_reverse_order_converge(faults, unique)
     assert "Read models match the write side." in checked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "celery 5.7.0 / kombu 5.7.0: a worker that holds an unacknowledged message (acks_late)"
-        " when the Redis broker goes away exits with 'Unrecoverable error: AttributeError:"
-        " NoneType object has no attribute hostname' (Consumer.on_connection_error_after_"
-        "connected collects the connection, then closes it, and the channel's restore of"
-        " unacked messages finds no transport) instead of reconnecting"
-    ),
-)
 def test_the_worker_survives_a_broker_restart_mid_task(faults, unique):
     api, broker, stack = faults.api, faults.broker, faults.stack
     sku, batch, order = unique("sku"), unique("batch"), unique(f"{SLOW_PREFIX}outage")
