@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 CHANGE_BATCH_QUANTITY = "change_batch_quantity"
 MAX_MESSAGE_BYTES = 64 * 1024
+# What the database can hold: PostgreSQL integer quantities, and text without NUL or lone
+# surrogates. Anything else would fail in the database instead of being skipped with a reason.
+MAX_QTY = 2**31 - 1
 
 
 class BadMessage(ValueError):
@@ -40,13 +43,25 @@ def parse_change_batch_quantity(raw: bytes | str) -> commands.ChangeBatchQuantit
         raise BadMessage(f"message of {len(raw)} bytes is over {MAX_MESSAGE_BYTES}")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser's recursion limit.
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadMessage(f"expected a JSON object, got {type(data).__name__}")
-    return commands.ChangeBatchQuantity(
-        ref=_field(data, "batchref", str), qty=_field(data, "qty", int)
-    )
+    ref, qty = _field(data, "batchref", str), _field(data, "qty", int)
+    if "\x00" in ref or not _encodable(ref):
+        raise BadMessage(f"field 'batchref' holds characters no batch reference has: {ref!r:.80}")
+    if qty > MAX_QTY:
+        raise BadMessage(f"field 'qty' must be at most {MAX_QTY}, got {qty!r:.24}")
+    return commands.ChangeBatchQuantity(ref=ref, qty=qty)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a "\\ud800" escape
+        return False
+    return True
 
 
 PARSERS: dict[str, Callable[[bytes | str], commands.Command]] = {

@@ -114,7 +114,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["allocation.api.parsers.JSONParser"],
     # The book-compatible endpoints' {"message"} errors; /api/v1 views use their own envelope.
     "EXCEPTION_HANDLER": "allocation.api.errors.compat_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["allocation.api.throttling.WriteRateThrottle"],

@@ -25,7 +25,8 @@ ERROR_DESCRIPTIONS = {
     503: "busy: the product is busy with other writes; retry after Retry-After seconds",
 }
 
-READ_ERRORS = (401,)
+# A read may be a 404 too: a page or cursor that does not exist (`?page=0`), or no such resource.
+READ_ERRORS = (401, 404)
 WRITE_ERRORS = (400, 401, 403, 413, 415, 429, 503)
 
 
