@@ -87,6 +87,8 @@ class BatchDetailApi(ReadApi):
 class OrderAllocationListApi(ReadApi):
     """An order's allocated lines, by sku; an order with none has an empty list."""
 
+    pagination_class = None  # an order has a handful of lines: a plain list, as documented
+
     @extend_schema(
         operation_id="order_allocation_list",
         summary="List an order's allocations",

@@ -78,11 +78,6 @@ def test_the_documented_api_under_generated_requests(case, allocator_token, stoc
     case.call_and_validate(headers={"Authorization": f"Token {allocator_token}"}, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the schema documents a page, the view answers a plain list "
-    "(OrderAllocationListApi needs pagination_class = None)",
-)
 @schema.include(operation_id=UNPAGINATED_LIST_DOCUMENTED_AS_PAGE).parametrize()
 @FUZZ
 def test_an_orders_allocations_match_their_schema(case, allocator_token, stock):
