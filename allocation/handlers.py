@@ -41,7 +41,7 @@ def allocate(cmd: commands.Allocate, uow: AbstractUnitOfWork) -> str | None:
         product = uow.products.get(line.sku, orderid=line.orderid)
         if product is None:
             raise InvalidSku(line.sku)
-        batchref = product.allocate(line)
+        batchref = product.allocate(line, cmd.unless_changed_since)
         uow.commit()
     return batchref
 
@@ -69,5 +69,13 @@ def cancel_allocation(cmd: commands.CancelAllocation, uow: AbstractUnitOfWork) -
 
 
 def reallocate(event: events.Deallocated) -> list[commands.Command]:
-    """A deallocated line goes back through allocation (another batch, or OutOfStock)."""
-    return [commands.Allocate(orderid=event.orderid, sku=event.sku, qty=event.qty)]
+    """A deallocated line goes back through allocation (another batch, or OutOfStock), unless
+    its client has allocated it again or cancelled it since it was taken off."""
+    return [
+        commands.Allocate(
+            orderid=event.orderid,
+            sku=event.sku,
+            qty=event.qty,
+            unless_changed_since=event.version,
+        )
+    ]

@@ -173,7 +173,10 @@ class MessageBus:
                             self._run_delivery(delivery, uow)
                     except Exception as exc:
                         logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
-                        uow.deliveries.record_failure(delivery.id, exc)
+                        # The domain refusing a follow-up command is an answer, not a fault:
+                        # the same command would be refused again, so it is not retried.
+                        refused = isinstance(exc, DomainError)
+                        uow.deliveries.record_failure(delivery.id, exc, final=refused)
                         DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
                     else:
                         done.append(delivery.id)

@@ -51,13 +51,21 @@ class Batch(models.Model):
 
 
 class Allocation(models.Model):
-    """An order line placed on a batch; an order line is identified by (orderid, sku)."""
+    """An order line placed on a batch; an order line is identified by (orderid, sku).
+
+    A released line (taken off its batch, or cancelled) keeps its row with no batch: ask for
+    `batch__isnull=False` to get the lines that are allocated now.
+    """
 
     orderid = models.CharField(max_length=255)
     sku = models.CharField(max_length=255)
     qty = models.PositiveIntegerField()
-    batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="allocations")
-    # The product version that placed the line: "latest first" when a batch shrinks.
+    # None once the line is released (taken off its batch, or cancelled): the row stays, so a
+    # late reallocation can see that the line has changed since.
+    batch = models.ForeignKey(
+        Batch, on_delete=models.PROTECT, related_name="allocations", null=True, blank=True
+    )
+    # The product version of the line's last change ("latest first" when a batch shrinks).
     version = models.PositiveBigIntegerField()
 
     class Meta:

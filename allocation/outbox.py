@@ -128,13 +128,13 @@ class DjangoDeliveryRepository:
                 status=Delivery.Status.DONE, done_at=timezone.now()
             )
 
-    def record_failure(self, delivery_id: int, error: BaseException) -> None:
+    def record_failure(self, delivery_id: int, error: BaseException, final: bool = False) -> None:
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None or delivery.status != Delivery.Status.PENDING:
             return
         # Its attempt was counted when it started.
         delivery.last_error = "".join(traceback.format_exception(error))
-        if delivery.attempts >= settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS:
+        if final or delivery.attempts >= settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS:
             delivery.status = Delivery.Status.DEAD
         else:
             delivery.next_attempt_at = timezone.now() + timedelta(

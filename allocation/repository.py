@@ -24,6 +24,7 @@ class _Snapshot:
     )  # ref -> (purchased, allocated)
     batch_ids: dict[str, int] = field(default_factory=dict)
     allocations: dict[str, Allocation] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
 
 
 class DjangoProductRepository:
@@ -88,12 +89,16 @@ class DjangoProductRepository:
             snapshot.batches[ref] = (purchased, allocated)
             snapshot.batch_ids[ref] = pk
         refs = {pk: ref for ref, pk in snapshot.batch_ids.items()}
+        lines = list(lines or ())
         allocations = [
             Allocation(OrderLine(row.orderid, sku, row.qty), refs[row.batch_id], row.version)
-            for row in (lines or ())
+            for row in lines
+            if row.batch_id is not None
         ]
+        released = {row.orderid: row.version for row in lines if row.batch_id is None}
         snapshot.allocations = {a.line.orderid: a for a in allocations}
-        product = Product(sku, batches, version, allocations)
+        snapshot.released = dict(released)
+        product = Product(sku, batches, version, allocations, released)
         self.seen.append(product)
         self._snapshots[id(product)] = snapshot
         return product
@@ -138,19 +143,31 @@ class DjangoProductRepository:
         }
 
     def _save_allocations(self, product: Product, snapshot: _Snapshot) -> None:
-        before, after = snapshot.allocations, product.allocations
-        removed = [orderid for orderid in before if after.get(orderid) != before[orderid]]
-        if removed:
-            orm.Allocation.objects.filter(sku=product.sku, orderid__in=removed).delete()
-        orm.Allocation.objects.bulk_create(
-            orm.Allocation(
-                orderid=a.line.orderid,
-                sku=product.sku,
-                qty=a.line.qty,
-                batch_id=snapshot.batch_ids[a.batchref],
-                version=a.version,
-            )
-            for orderid, a in after.items()
-            if before.get(orderid) != a
-        )
-        snapshot.allocations = dict(after)
+        """A line's row stays once written: a released line keeps it, with no batch and the
+        version that released it, so a late reallocation can tell that the line moved on."""
+
+        def state(allocations: dict[str, Allocation], released: dict[str, int], orderid: str):
+            if orderid in allocations:
+                a = allocations[orderid]
+                return {
+                    "batch_id": snapshot.batch_ids[a.batchref],
+                    "qty": a.line.qty,
+                    "version": a.version,
+                }
+            if orderid in released:
+                return {"batch_id": None, "version": released[orderid]}
+            return None
+
+        new = []
+        for orderid in product.allocations.keys() | product.released.keys():
+            before = state(snapshot.allocations, snapshot.released, orderid)
+            after = state(product.allocations, product.released, orderid)
+            if before == after:
+                continue
+            if before is None:  # (a line released by the command that placed it has no qty left)
+                new.append(orm.Allocation(orderid=orderid, sku=product.sku, **{"qty": 0, **after}))
+            else:
+                orm.Allocation.objects.filter(sku=product.sku, orderid=orderid).update(**after)
+        orm.Allocation.objects.bulk_create(new)
+        snapshot.allocations = dict(product.allocations)
+        snapshot.released = dict(product.released)

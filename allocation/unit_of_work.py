@@ -62,7 +62,9 @@ class DeliveryRepository(Protocol):
 
     def mark_done(self, delivery_ids: list[int]) -> None: ...
 
-    def record_failure(self, delivery_id: int, error: BaseException) -> None: ...
+    def record_failure(self, delivery_id: int, error: BaseException, final: bool = False) -> None:
+        """Keep the error; retry later with backoff, or park as dead when out of attempts or
+        when the failure is `final` (a retry cannot help)."""
 
 
 class AbstractUnitOfWork(abc.ABC):

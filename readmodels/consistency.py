@@ -14,9 +14,9 @@ def order_allocation_drift() -> Iterator[str]:
     """Describe every order line whose view row differs from the write side."""
     written = {
         (orderid, sku): (qty, batchref)
-        for orderid, sku, qty, batchref in Allocation.objects.values_list(
-            "orderid", "sku", "qty", "batch__reference"
-        ).iterator(chunk_size=5000)
+        for orderid, sku, qty, batchref in Allocation.objects.filter(batch__isnull=False)
+        .values_list("orderid", "sku", "qty", "batch__reference")
+        .iterator(chunk_size=5000)
     }
     viewed = {
         (orderid, sku): (qty, batchref)

@@ -33,6 +33,10 @@ class AllocationAdmin(SkuColumn, ReadOnlyAdmin):
     readonly_fields = fields
     actions = ["cancel_allocations"]
 
+    def get_queryset(self, request):
+        # Lines released from their batch keep their row (with no batch); they are not shown.
+        return super().get_queryset(request).filter(batch__isnull=False)
+
     @admin.display(description="order", ordering="orderid")
     def order(self, obj):
         return obj.orderid

@@ -20,6 +20,9 @@ class Allocate(Command):
     orderid: str
     sku: str
     qty: int
+    # Set by the reallocation of a line taken off its batch: the version that took it off. If
+    # the line changed since (its client allocated it again, or cancelled it), it is left alone.
+    unless_changed_since: int | None = None
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ class Product:
     order id: the repository loads the lines a command names (or a batch's lines when its
     quantity changes), never the whole history, so a command costs the same on a sku with ten
     past orders and on one with a million. The batches' allocated quantities are kept as
-    counters for the same reason.
+    counters for the same reason. `released` holds, for the loaded lines that were allocated
+    once and are not any more (taken off a batch, or cancelled), the version that released them.
     """
 
     def __init__(
@@ -128,11 +129,13 @@ class Product:
         batches: Iterable[Batch] = (),
         version_number: int = 0,
         allocations: Iterable[Allocation] = (),
+        released: dict[str, int] | None = None,
     ):
         self.sku = sku
         self.batches = list(batches)
         self.version_number = version_number
         self.allocations = {a.line.orderid: a for a in allocations}
+        self.released = dict(released or {})
         self.events: list[events.Event] = []
 
     def __repr__(self) -> str:
@@ -162,14 +165,20 @@ class Product:
         )
         return batch
 
-    def allocate(self, line: OrderLine) -> str | None:
+    def allocate(self, line: OrderLine, unless_changed_since: int | None = None) -> str | None:
         """Place the line on the preferred batch that fits; return its reference.
 
         Allocating a line that is already allocated with the same quantity changes nothing and
         returns the same batch. When nothing fits, nothing changes and OutOfStock is recorded.
+        With `unless_changed_since` (a reallocation: the version that took the line off), a
+        line that changed since (allocated again, or cancelled, by its client) is left as it is.
         """
         check_quantity(line.qty)
         existing = self.allocations.get(line.orderid)
+        if unless_changed_since is not None and self.last_change(line.orderid) > (
+            unless_changed_since
+        ):
+            return existing.batchref if existing else None
         if existing is not None:
             if existing.line != line:
                 raise AllocationConflict(line, existing)
@@ -212,8 +221,15 @@ class Product:
         self._remove(allocation, events.AllocationCancelled)
         return allocation
 
+    def last_change(self, orderid: str) -> int:
+        """The version of the last change to a loaded line (0: never allocated)."""
+        if orderid in self.allocations:
+            return self.allocations[orderid].version
+        return self.released.get(orderid, 0)
+
     def _place(self, line: OrderLine, batch: Batch) -> None:
         batch.allocated_quantity += line.qty
+        self.released.pop(line.orderid, None)
         self.allocations[line.orderid] = Allocation(line, batch.reference, self.version_number)
         self._record(
             events.Allocated(
@@ -233,6 +249,7 @@ class Product:
         line = allocation.line
         self.batch(allocation.batchref).allocated_quantity -= line.qty
         del self.allocations[line.orderid]
+        self.released[line.orderid] = self.version_number
         self._record(
             event_type(
                 orderid=line.orderid,

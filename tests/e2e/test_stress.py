@@ -18,8 +18,8 @@ read models must all agree:
 - per sku, the event versions run 1..N with no gap, N being the product's version;
 - no delivery left pending or dead, and `manage.py check_readmodels` finds no drift.
 
-Clients never allocate a line that already exists: doing so while its reallocation is pending
-hits a known bug, which the last two tests reproduce deterministically (strict xfail).
+Clients never allocate a line that already exists, so that every Allocated after a Deallocated
+is its reallocation; the last two tests play the race of a client that does, deterministically.
 
 The status histogram and a summary are printed and written to tests/artifacts/e2e-stress/.
 """
@@ -519,13 +519,12 @@ def test_every_delivery_is_done(outcome):
     assert set(outcome.deliveries) == {"done"}, outcome.deliveries
 
 
-# --- a known race, deterministically ----------------------------------------------------------
+# --- a race, deterministically ------------------------------------------------------------------
 #
 # A Deallocated event's reallocation runs in the worker, some time after the change that took
-# the line off. If the line's client allocates it again meanwhile, the reallocation still runs
-# as if nothing had happened since the Deallocated event: with another quantity it fails with
-# AllocationConflict, is retried with backoff and parked as dead; with the same quantity, after
-# the client has cancelled the line again, it allocates the cancelled line once more.
+# the line off. If the line's client allocates it again meanwhile (with another quantity), or
+# allocates and cancels it, the reallocation must leave the line as its client left it: the
+# reallocation carries the version of its Deallocated, and a line changed since is left alone.
 
 
 @dataclass
@@ -575,7 +574,7 @@ def race(stack: Stack, outcome: Outcome) -> Race:
         ran = {
             orderid: (status, attempts, (error.strip().splitlines() or [""])[-1])
             for orderid, status, attempts, error in rows
-            if status != "pending" or attempts > 0
+            if status != "pending"  # done, or dead
         }
         return ran if len(ran) == 2 else None
 
@@ -595,20 +594,10 @@ def race(stack: Stack, outcome: Outcome) -> Race:
     return Race(conflict=ran["race-o1"], cancelled_line=lines.answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the reallocation of a line its client has allocated again with another "
-    "quantity fails with AllocationConflict, and is retried until it is parked as dead",
-)
 def test_a_reallocation_overtaken_by_its_client_does_not_fail(race):
     status, attempts, error = race.conflict
     assert status == "done", f"{status} after {attempts} attempt(s): {error}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a reallocation that runs after the line was allocated again and "
-    "cancelled by its client allocates the cancelled line again",
-)
 def test_a_line_cancelled_after_it_was_taken_off_stays_cancelled(race):
     assert race.cancelled_line == []

@@ -28,7 +28,7 @@ from allocation.outbox import PendingDelivery
 from allocation.unit_of_work import AbstractUnitOfWork, MessageContext
 from readmodels import projections
 
-PENDING, DONE = "pending", "done"
+PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
 @dataclass(frozen=True)
@@ -202,9 +202,10 @@ class FakeDeliveryRepository:
             delivery = self.deliveries[delivery_id]
             self.deliveries[delivery_id] = replace(delivery, status=DONE)
 
-    def record_failure(self, delivery_id: int, error: BaseException) -> None:
+    def record_failure(self, delivery_id: int, error: BaseException, final: bool = False) -> None:
         delivery = self.deliveries[delivery_id]
-        self.deliveries[delivery_id] = replace(delivery, last_error=repr(error))
+        status = DEAD if final else delivery.status
+        self.deliveries[delivery_id] = replace(delivery, last_error=repr(error), status=status)
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):

@@ -301,3 +301,27 @@ def test_a_changed_batch_quantity_must_be_a_positive_integer(qty):
         product.change_batch_quantity("b1", qty)
 
     assert product.batch("b1").purchased_quantity == 20
+
+
+def test_a_guarded_allocation_leaves_a_line_that_changed_since():
+    product = Product("LAMP", [Batch("b1", "LAMP", 20)])
+    product.allocate(OrderLine("o1", "LAMP", 10))
+    product.change_batch_quantity("b1", 5)  # o1 taken off at version 2
+    taken_off_at = product.version_number
+    product.allocate(OrderLine("o1", "LAMP", 3))  # its client allocates it again
+    product.events.clear()
+
+    assert product.allocate(OrderLine("o1", "LAMP", 10), unless_changed_since=taken_off_at) == "b1"
+    assert product.allocations["o1"].line.qty == 3
+    assert product.events == []
+
+
+def test_a_guarded_allocation_of_an_untouched_line_allocates_it():
+    product = Product("LAMP", [Batch("b1", "LAMP", 20), Batch("b2", "LAMP", 20)])
+    product.allocate(OrderLine("o1", "LAMP", 10))
+    product.change_batch_quantity("b1", 5)
+
+    ref = product.allocate(OrderLine("o1", "LAMP", 10), unless_changed_since=2)
+
+    assert ref == "b2"
+    assert product.released == {}

@@ -12,7 +12,7 @@ from allocation.domain.model import (
     NotAllocated,
     UnknownBatch,
 )
-from tests.unit.fakes import DONE, bootstrap_test_bus
+from tests.unit.fakes import DEAD, DONE, bootstrap_test_bus
 
 TOMORROW = "2026-01-02"
 BAD_QUANTITIES = [0, -1, True, 1.5, "3", None]
@@ -343,3 +343,73 @@ def test_change_batch_quantity_rejects_a_quantity_that_is_not_a_positive_int(app
 
     assert store.batch("b1").purchased_quantity == 20
     assert len(store.events) == 1
+
+
+# --- a reallocation that its client overtakes ---------------------------------------------------
+
+
+def reallocations(store):
+    return [d for d in store.deliveries.values() if d.handler.endswith(".reallocate")]
+
+
+@pytest.fixture
+def line_taken_off(app):
+    """o1 (10) was taken off b1 by a quantity change; its reallocation has not run yet."""
+    bus, store, _, _ = app
+    bus.handle(commands.CreateBatch("b1", "LAMP", 20, None))
+    bus.handle(commands.CreateBatch("b2", "LAMP", 20, TOMORROW))
+    bus.handle(commands.Allocate("o1", "LAMP", 10))
+    bus.dispatch = [].extend  # hold the deliveries of the change back
+    bus.handle(commands.ChangeBatchQuantity("b1", 5))
+    bus.dispatch = bus.deliver_all
+    [held] = reallocations(store)
+    return held
+
+
+def test_a_reallocation_leaves_a_line_its_client_allocated_again(app, line_taken_off):
+    bus, store, _, _ = app
+    bus.handle(commands.Allocate("o1", "LAMP", 4))  # another quantity, before the reallocation
+
+    bus.deliver(line_taken_off.id)
+
+    assert store.allocations("LAMP") == {"o1": "b1"}
+    assert store.products["LAMP"].allocations["o1"].line.qty == 4
+    assert store.deliveries[line_taken_off.id].status == DONE
+
+
+def test_a_reallocation_leaves_a_line_its_client_cancelled(app, line_taken_off):
+    bus, store, _, _ = app
+    bus.handle(commands.Allocate("o1", "LAMP", 4))
+    bus.handle(commands.CancelAllocation("o1", "LAMP"))
+
+    bus.deliver(line_taken_off.id)
+
+    assert store.allocations("LAMP") == {}
+    assert store.deliveries[line_taken_off.id].status == DONE
+
+
+def test_a_reallocation_that_nothing_overtook_allocates_the_line(app, line_taken_off):
+    bus, store, _, _ = app
+
+    bus.deliver(line_taken_off.id)
+    bus.deliver(line_taken_off.id)  # a second copy changes nothing
+
+    assert store.allocations("LAMP") == {"o1": "b2"}
+    assert store.batch("b2").allocated_quantity == 10
+
+
+def reallocate_to_an_unknown_sku(event: events.Deallocated) -> list[commands.Command]:
+    return [commands.Allocate(event.orderid, "NO-SUCH-SKU", event.qty)]
+
+
+def test_a_follow_up_command_the_domain_refuses_is_not_retried():
+    bus, store, _, _ = bootstrap_test_bus(
+        event_handlers={events.Deallocated: [reallocate_to_an_unknown_sku]}
+    )
+    bus.handle(commands.CreateBatch("b1", "LAMP", 20, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 10))
+    bus.handle(commands.ChangeBatchQuantity("b1", 5))
+
+    [refused] = store.deliveries.values()
+    assert (refused.status, refused.attempts) == (DEAD, 1)  # parked at once, not retried
+    assert "Invalid sku NO-SUCH-SKU" in refused.last_error
