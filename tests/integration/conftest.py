@@ -1,9 +1,13 @@
 import json
+import threading
+import time
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+
+from allocation.consumer import consume
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -50,3 +54,31 @@ def line_allocated(redis_client):
 
     yield drain
     pubsub.close()
+
+
+@pytest.fixture
+def running_consumer(bus):
+    """The Redis consumer in a thread of this process, subscribed before the test acts."""
+    stop, ready = threading.Event(), threading.Event()
+
+    def run():
+        try:
+            consume(bus, settings.REDIS_URL, stop, on_ready=ready.set)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10), "the consumer did not subscribe"
+    yield thread
+    stop.set()
+    thread.join(10)
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,16 +1,12 @@
 """The Redis consumer against real Redis: bad input is logged and skipped, never fatal."""
 
 import json
-import threading
-import time
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from allocation import models as orm
-from allocation.consumer import consume
 from allocation.domain import commands
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,33 +28,6 @@ BAD_MESSAGES = [
     json.dumps({"batchref": "b1", "qty": 3, "pad": "x" * 100_000}).encode(),
     json.dumps({"batchref": "ünïcødé-🚚", "qty": 3}).encode(),
 ]
-
-
-@pytest.fixture
-def running_consumer(bus):
-    stop, ready = threading.Event(), threading.Event()
-
-    def run():
-        try:
-            consume(bus, settings.REDIS_URL, stop, on_ready=ready.set)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10), "the consumer did not subscribe"
-    yield thread
-    stop.set()
-    thread.join(10)
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_the_consumer_skips_bad_messages_then_handles_a_good_one(

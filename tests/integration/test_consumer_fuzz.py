@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from allocation import models as orm
-from allocation.consumer import CHANGE_BATCH_QUANTITY, MAX_MESSAGE_BYTES, consume, handle_message
+from allocation.consumer import CHANGE_BATCH_QUANTITY, MAX_MESSAGE_BYTES, handle_message
 from allocation.domain import commands
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -242,33 +239,6 @@ HOSTILE_BATCH: list[bytes] = [
     b"1e999999",
     b"-" * 70_000,
 ]
-
-
-@pytest.fixture
-def running_consumer(bus):
-    stop, ready = threading.Event(), threading.Event()
-
-    def run():
-        try:
-            consume(bus, settings.REDIS_URL, stop, on_ready=ready.set)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10), "the consumer did not subscribe"
-    yield thread
-    stop.set()
-    thread.join(10)
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_the_consumer_survives_a_hostile_stream_then_applies_a_valid_message(
