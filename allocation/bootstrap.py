@@ -70,7 +70,7 @@ def bootstrap(
     notifications: Any = None,
     publish: Any = None,
     event_stream: Any = None,
-    command_handlers: dict | None = None,
+    command_handlers: dict | list | None = None,
     event_handlers: dict | None = None,
     command_retries: int | None = None,
 ) -> MessageBus:

@@ -42,7 +42,8 @@ class MessageBus:
     def __init__(
         self,
         start_uow: Callable[..., AbstractUnitOfWork],
-        command_handlers: Mapping[type[commands.Command], Handler],
+        command_handlers: Mapping[type[commands.Command], Handler]
+        | Iterable[tuple[type[commands.Command], Handler]],
         event_handlers: Mapping[type[events.Event], Iterable[Handler]],
         dependencies: Mapping[str, Any],
         dispatch: Callable[[list[int]], None] | None = None,
@@ -51,9 +52,17 @@ class MessageBus:
     ):
         self.start_uow = start_uow
         self.shared_transaction = frozenset(handler_name(h) for h in shared_transaction)
-        self.command_handlers = {
-            cmd: self._inject(h, dependencies) for cmd, h in command_handlers.items()
-        }
+        self.command_handlers: dict[type[commands.Command], Handler] = {}
+        pairs = (
+            command_handlers.items() if isinstance(command_handlers, Mapping) else command_handlers
+        )
+        for command_type, handler in pairs:
+            if command_type in self.command_handlers:
+                raise ValueError(
+                    f"{command_type.__name__} already goes to "
+                    f"{self.command_handlers[command_type].__name__}; a command has one handler"
+                )
+            self.command_handlers[command_type] = self._inject(handler, dependencies)
         self.event_handlers: dict[str, Handler] = {}
         self.subscriptions: dict[str, tuple[str, ...]] = {}
         for event_type, handlers in event_handlers.items():

@@ -338,3 +338,16 @@ def test_one_bus_serves_two_threads_at_once_each_with_its_own_result():
         "o-chair",
         "o-lamp",
     ]
+
+
+def test_bootstrap_refuses_a_second_handler_for_one_command():
+    def another_allocate(cmd, uow):
+        return "elsewhere"
+
+    with pytest.raises(ValueError, match=r"Allocate already goes to .*allocate; a command has one"):
+        bootstrap_test_bus(
+            command_handlers=[
+                (commands.Allocate, handlers.allocate),
+                (commands.Allocate, another_allocate),
+            ]
+        )
