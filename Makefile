@@ -47,6 +47,7 @@ chromium:
 lint: $(BIN)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict allocation/domain
 
 ## check: migrations match the models, the OpenAPI schema builds with no warning, and the
 ## production settings pass Django's deployment checks
