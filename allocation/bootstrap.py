@@ -50,6 +50,15 @@ EVENT_HANDLERS = {
     ],
 }
 
+# The deliveries of one broker message that share a transaction (a savepoint each), group by
+# group in this order: the projections first (read-your-writes waits for them), then the quick
+# Redis publishes (at-least-once already: a crash before the commit publishes again, with the
+# same event id). Every other handler (email, reallocation) runs in a transaction of its own.
+TRANSACTION_GROUPS = (
+    projections.READ_MODEL_HANDLERS,
+    (notify.publish_allocated_event, notify.append_to_event_stream),
+)
+
 # The handlers whose effects read-your-writes waits for.
 READ_MODEL_HANDLERS = frozenset(handler_name(h) for h in projections.READ_MODEL_HANDLERS)
 
@@ -121,7 +130,7 @@ def bootstrap(
             "event_stream": event_stream,
         },
         dispatch=dispatch,
-        shared_transaction=projections.READ_MODEL_HANDLERS,
+        transaction_groups=TRANSACTION_GROUPS,
         command_retries=(
             settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries
         ),

@@ -48,10 +48,12 @@ class MessageBus:
         dependencies: Mapping[str, Any],
         dispatch: Callable[[list[int]], None] | None = None,
         command_retries: int = 5,
-        shared_transaction: Iterable[Handler] = (),
+        transaction_groups: Iterable[Iterable[Handler]] = (),
     ):
         self.start_uow = start_uow
-        self.shared_transaction = frozenset(handler_name(h) for h in shared_transaction)
+        self.transaction_groups = [
+            frozenset(handler_name(h) for h in group) for group in transaction_groups
+        ]
         self.command_handlers: dict[type[commands.Command], Handler] = {}
         pairs = (
             command_handlers.items() if isinstance(command_handlers, Mapping) else command_handlers
@@ -150,18 +152,20 @@ class MessageBus:
         retried later with backoff, or parked as dead.
 
         First, in a short transaction of its own, each delivery's attempt is counted: a
-        handler that kills its process (a hard time limit, memory) is given up on too. Then the
-        deliveries of `shared_transaction` handlers (database-only, fast: the projections) run
-        in one transaction, a savepoint each, and commit first; every other handler runs in a
-        transaction of its own, so a slow or crashing one never delays or repeats another's
-        effects.
+        handler that kills its process (a hard time limit, memory) is given up on too. Then,
+        group by group, the deliveries of each of `transaction_groups` (fast handlers: the
+        projections, then the Redis publishes) run in one transaction, a savepoint each; a
+        handler in no group runs in a transaction of its own, so a slow one never holds back
+        another's commit.
         """
         started = self._start(delivery_ids)
-        shared = [i for i, handler in started if handler in self.shared_transaction]
-        if shared:
-            self._run_together(shared)
+        for group in self.transaction_groups:
+            together = [i for i, handler in started if handler in group]
+            if together:
+                self._run_together(together)
+        grouped = frozenset().union(*self.transaction_groups)
         for delivery_id, handler in started:
-            if handler not in self.shared_transaction:
+            if handler not in grouped:
                 self._run_together([delivery_id])
 
     def _start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
