@@ -179,11 +179,17 @@ class MessageBus:
         uow = self.start_uow(self.subscriptions, None)
         try:
             with uow:
-                done = []
+                done, rerun = [], []
                 for delivery in uow.deliveries.claim(delivery_ids):
                     try:
                         with uow.savepoint():
                             self._run_delivery(delivery, uow)
+                    except TransactionConflict:
+                        # A deadlock with another worker's batch over the same rows: not the
+                        # handler's fault. Run it again on its own once this batch commits.
+                        if len(delivery_ids) == 1:
+                            raise
+                        rerun.append(delivery.id)
                     except Exception as exc:
                         logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
                         # The domain refusing a follow-up command is an answer, not a fault:
@@ -207,6 +213,8 @@ class MessageBus:
                 self._record_failure(delivery_ids[0], exc)
             return
         self.dispatch_committed(uow.new_deliveries)
+        for delivery_id in rerun:
+            self._run_together([delivery_id])
 
     def _run_delivery(self, delivery: PendingDelivery, uow: AbstractUnitOfWork) -> None:
         uow.context = MessageContext(

@@ -115,9 +115,11 @@ class AbstractUnitOfWork(abc.ABC):
         try:
             with self._savepoint():
                 yield
-        except BaseException:
+        except BaseException as exc:
             del self.products.seen[seen:]
             del self.new_deliveries[delivered:]
+            if is_conflict(exc):  # lost a race inside a shared transaction: worth a rerun
+                raise TransactionConflict(str(exc)) from exc
             raise
 
     @abc.abstractmethod

@@ -280,3 +280,30 @@ def test_projections_commit_before_a_slow_external_handler_runs():
     bus.handle(commands.Allocate("o1", "LAMP", 2))
 
     assert seen_by_slow_handler == [("b1",)]
+
+
+DEADLOCKS = []
+
+
+def deadlocks_once(event: events.Allocated) -> None:
+    """Loses a deadlock with another worker's batch the first time it runs."""
+    from django.db import OperationalError
+    from psycopg.errors import DeadlockDetected
+
+    if not DEADLOCKS:
+        DEADLOCKS.append(event.orderid)
+        raise OperationalError("deadlock detected") from DeadlockDetected("deadlock detected")
+
+
+def test_a_delivery_that_loses_a_deadlock_in_a_shared_batch_runs_again_at_once():
+    DEADLOCKS.clear()
+    bus = bus_with(deadlocks_once)
+    bus.transaction_groups[0] |= {handler_name(deadlocks_once)}  # in the projections' batch
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+
+    loser = orm.Delivery.objects.get(handler__endswith="deadlocks_once")
+    assert DEADLOCKS == ["o1"]
+    assert (loser.status, loser.last_error) == ("done", "")  # no failure, no backoff
+    assert allocations_for_order("o1") == [{"sku": "LAMP", "batchref": "b1"}]
