@@ -64,19 +64,27 @@ class DjangoProductRepository:
         return orm.Batch.objects.filter(reference=ref).exists()
 
     def _lines_beyond(self, ref: str, keep: int) -> list[orm.Allocation]:
-        """The batch's latest lines that stand beyond its first `keep` allocated units."""
-        allocated = orm.Batch.objects.filter(reference=ref).values_list(
-            "allocated_quantity", flat=True
+        """The batch's latest lines that stand beyond its first `keep` allocated units.
+
+        Read after the product's lock (a statement of its own sees what committed before it),
+        and fetched a few rows at a time: a batch that shrinks by one line reads one line,
+        whatever it holds.
+        """
+        allocated = orm.Batch.objects.values_list("allocated_quantity", flat=True).get(
+            reference=ref
         )
-        excess = allocated[0] - keep
-        lines = []
-        for line in orm.Allocation.objects.filter(batch__reference=ref).order_by(
+        excess = allocated - keep
+        lines: list[orm.Allocation] = []
+        if excess <= 0:
+            return lines
+        latest_first = orm.Allocation.objects.filter(batch__reference=ref).order_by(
             "-version", "-orderid"
-        ):
-            if excess <= 0:
-                break
+        )
+        for line in latest_first.iterator(chunk_size=20):
             lines.append(line)
             excess -= line.qty
+            if excess <= 0:
+                break
         return lines
 
     def _load(self, sku: str, version: int, lines) -> Product:

@@ -56,3 +56,17 @@ def test_allocating_costs_the_same_with_10_or_2000_past_allocations(bus):
     assert len(long.statements) == len(short.statements)
     assert long.rows == short.rows
     assert long.rows < 50, long.statements  # nothing near the history's size was read
+
+
+def test_shrinking_a_batch_reads_only_the_lines_that_must_go(bus):
+    from allocation.unit_of_work import DjangoUnitOfWork, MessageContext
+
+    given_history("BIG", 2000)
+    log = QueryLog()
+    uow = DjangoUnitOfWork(bus.subscriptions, MessageContext("c", "c"))
+
+    with uow, connection.execute_wrapper(log):
+        product = uow.products.get_by_batchref("BIG-b", keep=1999)  # one unit must go
+
+    assert [a.line.orderid for a in product.allocations.values()] == ["past-1999"]
+    assert log.rows < 10, log.statements  # not the 2,000 lines the batch holds
