@@ -82,6 +82,7 @@ def bootstrap(
     command_handlers: dict | list | None = None,
     event_handlers: dict | None = None,
     command_retries: int | None = None,
+    on_delivered: Callable[[list[Any]], None] | None = None,
 ) -> MessageBus:
     """Build the bus. With no arguments: Django, Celery, email and Redis from settings.
 
@@ -92,11 +93,14 @@ def bootstrap(
     from django.conf import settings
 
     if start_uow is None:
+        from allocation import wakeups
         from allocation.tasks import dispatch_deliveries
         from allocation.unit_of_work import DjangoUnitOfWork
 
         start_uow = DjangoUnitOfWork
         dispatch = dispatch or dispatch_deliveries
+        if on_delivered is None and (ringer := wakeups.configured()):
+            on_delivered = wakeups.ring_read_models(ringer, READ_MODEL_HANDLERS)
     if notifications is None:
         from notifications.adapters import EmailNotifications
 
@@ -131,6 +135,7 @@ def bootstrap(
         },
         dispatch=dispatch,
         transaction_groups=TRANSACTION_GROUPS,
+        on_delivered=on_delivered,
         command_retries=(
             settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries
         ),

@@ -49,8 +49,11 @@ class MessageBus:
         dispatch: Callable[[list[int]], None] | None = None,
         command_retries: int = 5,
         transaction_groups: Iterable[Iterable[Handler]] = (),
+        on_delivered: Callable[[list[PendingDelivery]], None] | None = None,
     ):
         self.start_uow = start_uow
+        # Told, after each commit, which deliveries it made done (best effort: it may fail).
+        self.on_delivered = on_delivered
         self.transaction_groups = [
             frozenset(handler_name(h) for h in group) for group in transaction_groups
         ]
@@ -151,70 +154,101 @@ class MessageBus:
         or running in another worker is left alone. A failure is recorded on the delivery and
         retried later with backoff, or parked as dead.
 
-        First, in a short transaction of its own, each delivery's attempt is counted: a
-        handler that kills its process (a hard time limit, memory) is given up on too. Then,
-        group by group, the deliveries of each of `transaction_groups` (fast handlers: the
-        projections, then the Redis publishes) run in one transaction, a savepoint each; a
-        handler in no group runs in a transaction of its own, so a slow one never holds back
-        another's commit.
+        First each delivery's attempt is counted, committed at once: a handler that kills its
+        process (a hard time limit, memory) is given up on too. Then, group by group, the
+        deliveries of each of `transaction_groups` (fast handlers: the projections, then the
+        Redis publishes) run in one transaction, a savepoint each; a handler in no group runs
+        in a transaction of its own, so a slow one never holds back another's commit.
         """
-        started = self._start(delivery_ids)
+        started = self.start_uow(self.subscriptions, None).start_deliveries(delivery_ids)
         for group in self.transaction_groups:
-            together = [i for i, handler in started if handler in group]
+            together = [d for d in started if d.handler in group]
             if together:
                 self._run_together(together)
         grouped = frozenset().union(*self.transaction_groups)
-        for delivery_id, handler in started:
-            if handler not in grouped:
-                self._run_together([delivery_id])
+        for delivery in started:
+            if delivery.handler not in grouped:
+                self._run_together([delivery])
 
-    def _start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
-        uow = self.start_uow(self.subscriptions, None)
-        with uow:
-            started = uow.deliveries.start(delivery_ids)
-            uow.commit()
-        return started
-
-    def _run_together(self, delivery_ids: list[int]) -> None:
+    def _run_together(self, deliveries: list[PendingDelivery]) -> None:
+        if len(deliveries) == 1:
+            self._run_alone(deliveries[0])
+            return
         uow = self.start_uow(self.subscriptions, None)
         try:
             with uow:
                 done, rerun = [], []
-                for delivery in uow.deliveries.claim(delivery_ids):
+                for delivery in uow.deliveries.claim(deliveries):
                     try:
                         with uow.savepoint():
                             self._run_delivery(delivery, uow)
                     except TransactionConflict:
                         # A deadlock with another worker's batch over the same rows: not the
                         # handler's fault. Run it again on its own once this batch commits.
-                        if len(delivery_ids) == 1:
-                            raise
-                        rerun.append(delivery.id)
+                        rerun.append(delivery)
                     except Exception as exc:
                         logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
-                        # The domain refusing a follow-up command is an answer, not a fault:
-                        # the same command would be refused again, so it is not retried.
-                        refused = isinstance(exc, DomainError)
-                        uow.deliveries.record_failure(delivery.id, exc, final=refused)
-                        DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
+                        self._failed(delivery, exc, uow)
                     else:
-                        done.append(delivery.id)
+                        done.append(delivery)
                         DELIVERIES_RUN.labels(delivery.handler, "done").inc()
-                uow.deliveries.mark_done(done)
+                uow.deliveries.mark_done([d.id for d in done])
                 uow.commit()
-        except Exception as exc:
+        except Exception:
             # The transaction as a whole failed (a deadlock with another batch, a lost
             # connection): try each delivery in a transaction of its own.
-            if len(delivery_ids) > 1:
-                for delivery_id in delivery_ids:
-                    self._run_together([delivery_id])
-            else:
-                logger.exception("delivery %s failed", delivery_ids[0])
-                self._record_failure(delivery_ids[0], exc)
+            for delivery in deliveries:
+                self._run_alone(delivery)
             return
+        self._committed(uow, done)
+        for delivery in rerun:
+            self._run_alone(delivery)
+
+    def _run_alone(self, delivery: PendingDelivery, again_on_conflict: bool = True) -> None:
+        """One delivery in its own transaction; if it fails, that transaction is rolled back
+        whole (no savepoint needed) and the failure recorded in another. One that lost a race
+        (a deadlock) runs again at once, once, before it counts as failed."""
+        uow = self.start_uow(self.subscriptions, None)
+        ran = False
+        try:
+            with uow:
+                if uow.deliveries.claim([delivery]):
+                    self._run_delivery(delivery, uow)
+                    uow.deliveries.mark_done([delivery.id])
+                    uow.commit()
+                    ran = True
+        except Exception as exc:
+            if isinstance(exc, TransactionConflict) and again_on_conflict:
+                logger.info("delivery %s lost a race (%s); running it again", delivery.id, exc)
+                self._run_alone(delivery, again_on_conflict=False)
+                return
+            logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
+            failure_uow = self.start_uow(self.subscriptions, None)
+            try:
+                with failure_uow:
+                    self._failed(delivery, exc, failure_uow)
+                    failure_uow.commit()
+            except Exception:
+                logger.exception("could not record the failure of delivery %s", delivery.id)
+            return
+        if ran:
+            DELIVERIES_RUN.labels(delivery.handler, "done").inc()
+            self._committed(uow, [delivery])
+
+    def _failed(self, delivery: PendingDelivery, exc: Exception, uow: AbstractUnitOfWork) -> None:
+        # The domain refusing a follow-up command is an answer, not a fault: the same command
+        # would be refused again, so it is not retried.
+        refused = isinstance(exc, DomainError)
+        uow.deliveries.record_failure(delivery.id, exc, final=refused)
+        DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
+
+    def _committed(self, uow: AbstractUnitOfWork, done: list[PendingDelivery]) -> None:
         self.dispatch_committed(uow.new_deliveries)
-        for delivery_id in rerun:
-            self._run_together([delivery_id])
+        if done and self.on_delivered is not None:
+            try:
+                self.on_delivered(done)
+            except Exception:
+                logger.warning("on_delivered failed for %s", [d.id for d in done], exc_info=True)
 
     def _run_delivery(self, delivery: PendingDelivery, uow: AbstractUnitOfWork) -> None:
         uow.context = MessageContext(
@@ -236,15 +270,6 @@ class MessageBus:
             return self.event_handlers[name]
         except KeyError:
             raise LookupError(f"no handler named {name} is subscribed in this deployment") from None
-
-    def _record_failure(self, delivery_id: int, exc: Exception) -> None:
-        uow = self.start_uow(self.subscriptions, None)
-        try:
-            with uow:
-                uow.deliveries.record_failure(delivery_id, exc)
-                uow.commit()
-        except Exception:
-            logger.exception("could not record the failure of delivery %s", delivery_id)
 
     def dispatch_committed(self, delivery_ids: list[int]) -> None:
         """Hand committed deliveries to the transport; if that fails, the sweeper delivers them."""

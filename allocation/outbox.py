@@ -6,6 +6,7 @@ lock that skips rows another worker holds, so a task that arrives twice runs its
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import traceback
@@ -13,19 +14,25 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from django.conf import settings
-from django.db.models import F, Value
-from django.db.models.functions import Concat
+from django.db import connection
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from allocation.domain import events
 from allocation.models import Delivery, StoredEvent
 from allocation.sweeper import lease_expiry
+from allocation.wakeups import RedisWakeups
+from allocation.wakeups import configured as configured_wakeups
 
 if TYPE_CHECKING:
     from allocation.unit_of_work import MessageContext
+
+logger = logging.getLogger(__name__)
+
+WAKEUP_SLICE = 0.25  # seconds
 
 
 @dataclass(frozen=True)
@@ -76,51 +83,68 @@ class DjangoDeliveryRepository:
         )
         return [d.pk for d in deliveries]
 
-    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
-        rows = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=delivery_ids, status=Delivery.Status.PENDING)
-            .order_by("pk")
-            .values_list("pk", "handler", "attempts")
-        )
-        limit = settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS
-        exhausted = [pk for pk, _, attempts in rows if attempts >= limit]
-        if exhausted:
-            Delivery.objects.filter(pk__in=exhausted).update(
-                status=Delivery.Status.DEAD,
-                last_error=Concat(
-                    F("last_error"),
-                    Value(f"\nGave up: {limit} attempts did not finish (a crash or a timeout?)"),
-                ),
-            )
-        started = [(pk, handler) for pk, handler, attempts in rows if attempts < limit]
-        Delivery.objects.filter(pk__in=[pk for pk, _ in started]).update(attempts=F("attempts") + 1)
-        return started
+    def start(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        """Count an attempt for each of these deliveries that is pending and that no other
+        worker holds; park those already out of attempts as dead. Returns the ones to run.
 
-    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        rows = (
-            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(pk__in=delivery_ids, status=Delivery.Status.PENDING)
-            .order_by("pk")
-            .values_list(
-                "pk",
-                "handler",
-                "event_id",
-                "event__type",
-                "event__payload",
-                "event__correlation_id",
+        One UPDATE ... RETURNING (raw SQL: the ORM's update() returns no rows) then one read
+        of their events. Call it outside a transaction: the counts commit at once, so a
+        handler that kills its process has still used an attempt.
+        """
+        if not delivery_ids:
+            return []
+        limit = settings.ALLOCATION_DELIVERY_MAX_ATTEMPTS
+        gave_up = f"\nGave up: {limit} attempts did not finish (a crash or a timeout?)"
+        skip_locked = connection.features.has_select_for_update_skip_locked
+        ids = list(delivery_ids)
+        table = Delivery._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET"
+                "  attempts = CASE WHEN attempts < %s THEN attempts + 1 ELSE attempts END,"
+                "  status = CASE WHEN attempts < %s THEN status ELSE %s END,"
+                "  last_error = CASE WHEN attempts < %s THEN last_error ELSE last_error || %s END"
+                f" WHERE id IN (SELECT id FROM {table}"
+                f"  WHERE id IN ({', '.join(['%s'] * len(ids))}) AND status = %s"
+                f"  ORDER BY id{' FOR UPDATE SKIP LOCKED' if skip_locked else ''})"
+                " RETURNING id, handler, status, event_id",
+                [limit, limit, Delivery.Status.DEAD, limit, gave_up, *ids, Delivery.Status.PENDING],
             )
-        )
+            rows = sorted(cursor.fetchall())
+        dead = [pk for pk, _, status, _ in rows if status == Delivery.Status.DEAD]
+        if dead:
+            logger.warning("gave up on deliveries %s: out of attempts", dead)
+        started = [
+            (pk, handler, uuid.UUID(str(event_id)))
+            for pk, handler, status, event_id in rows
+            if status != Delivery.Status.DEAD
+        ]
+        logged = {
+            event_id: (type_name, payload, correlation_id)
+            for event_id, type_name, payload, correlation_id in StoredEvent.objects.filter(
+                pk__in={event_id for _, _, event_id in started}
+            ).values_list("id", "type", "payload", "correlation_id")
+        }
         return [
             PendingDelivery(
                 id=pk,
                 handler=handler,
-                event=events.event_from_dict(type_name, payload),
+                event=events.event_from_dict(logged[event_id][0], logged[event_id][1]),
                 event_id=str(event_id),
-                correlation_id=correlation_id,
+                correlation_id=logged[event_id][2],
             )
-            for pk, handler, event_id, type_name, payload, correlation_id in rows
+            for pk, handler, event_id in started
         ]
+
+    def claim(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        """Lock those of `deliveries` still pending, skipping any another worker holds."""
+        locked = set(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=[d.id for d in deliveries], status=Delivery.Status.PENDING)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        return [d for d in deliveries if d.id in locked]
 
     def mark_done(self, delivery_ids: list[int]) -> None:
         if delivery_ids:
@@ -143,12 +167,20 @@ class DjangoDeliveryRepository:
         delivery.save(update_fields=["last_error", "status", "next_attempt_at"])
 
 
-def wait_for_deliveries(correlation_id: str, handlers: Iterable[str], timeout: float) -> bool:
+def wait_for_deliveries(
+    correlation_id: str,
+    handlers: Iterable[str],
+    timeout: float,
+    wakeups: RedisWakeups | Literal["configured"] | None = "configured",
+) -> bool:
     """Wait, at most `timeout` seconds, until the chain's deliveries to `handlers` are done.
 
     Read-your-writes for clients that read a read model straight after a write. Returns False
-    on timeout; the write itself has committed either way.
+    on timeout; the write itself has committed either way. With Redis, the worker's ring wakes
+    the wait (see wakeups.py); without it, or if Redis fails, it polls with growing pauses.
     """
+    if wakeups == "configured":
+        wakeups = configured_wakeups()
     pending = Delivery.objects.filter(
         event__correlation_id=correlation_id,
         handler__in=list(handlers),
@@ -157,8 +189,17 @@ def wait_for_deliveries(correlation_id: str, handlers: Iterable[str], timeout: f
     deadline = time.monotonic() + timeout
     pause = 0.002
     while pending.exists():
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             return False
-        time.sleep(pause)
+        if wakeups is not None:
+            try:
+                # A slice, not the whole wait: a ring lost with its worker costs one slice.
+                wakeups.wait(correlation_id, min(remaining, WAKEUP_SLICE))
+                continue
+            except RedisError as exc:
+                logger.warning("read-your-writes polls: no wake-ups from Redis (%s)", exc)
+                wakeups = None
+        time.sleep(min(pause, remaining))
         pause = min(pause * 2, 0.05)
     return True

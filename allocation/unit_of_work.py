@@ -53,12 +53,13 @@ class DeliveryRepository(Protocol):
     ) -> list[int]:
         """Write the events to the event log, with one delivery per subscribed handler."""
 
-    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+    def start(self, delivery_ids: list[int]) -> list[PendingDelivery]:
         """Count an attempt for each pending delivery another worker does not hold, and park
-        those already out of attempts as dead. Returns (id, handler) of those to run."""
+        those already out of attempts as dead. Returns those to run, with their events.
+        Atomic on its own: called outside a unit of work's transaction."""
 
-    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        """Lock the pending ones of these deliveries, skipping any another worker holds."""
+    def claim(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        """Lock those still pending, skipping any another worker holds."""
 
     def mark_done(self, delivery_ids: list[int]) -> None: ...
 
@@ -108,6 +109,13 @@ class AbstractUnitOfWork(abc.ABC):
             self.new_deliveries += self.deliveries.add(new_events, self.subscriptions, self.context)
         self._committed = True
 
+    def start_deliveries(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        """Count an attempt for each of these deliveries, committed at once, before any runs."""
+        with self:
+            started = self.deliveries.start(delivery_ids)
+            self.commit()
+        return started
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A transaction inside the transaction: an error in it undoes only its own work."""
@@ -152,6 +160,11 @@ class DjangoUnitOfWork(AbstractUnitOfWork):
         super().__init__(subscriptions, context)
         self.products = DjangoProductRepository()
         self.deliveries = DjangoDeliveryRepository()
+
+    def start_deliveries(self, delivery_ids: list[int]) -> list[PendingDelivery]:
+        # The repository counts the attempts in one statement, which PostgreSQL commits on
+        # its own: a transaction around it would only add BEGIN and COMMIT round trips.
+        return self.deliveries.start(delivery_ids)
 
     def _begin(self) -> None:
         self._atomic = transaction.atomic(durable=True)

@@ -169,24 +169,15 @@ class FakeDeliveryRepository:
                 added.append(delivery.id)
         return added
 
-    def start(self, delivery_ids: list[int]) -> list[tuple[int, str]]:
+    def start(self, delivery_ids: list[int]) -> list[PendingDelivery]:
         started = []
         for delivery_id in sorted(delivery_ids):
             delivery = self.deliveries.get(delivery_id)
             if delivery is None or delivery.status != PENDING:
                 continue
             self.deliveries[delivery_id] = replace(delivery, attempts=delivery.attempts + 1)
-            started.append((delivery_id, delivery.handler))
-        return started
-
-    def claim(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        claimed = []
-        for delivery_id in sorted(delivery_ids):
-            delivery = self.deliveries.get(delivery_id)
-            if delivery is None or delivery.status != PENDING:
-                continue
             logged = self.logged[delivery.event_id]
-            claimed.append(
+            started.append(
                 PendingDelivery(
                     id=delivery_id,
                     handler=delivery.handler,
@@ -195,7 +186,10 @@ class FakeDeliveryRepository:
                     correlation_id=logged.correlation_id,
                 )
             )
-        return claimed
+        return started
+
+    def claim(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        return [d for d in deliveries if self.deliveries[d.id].status == PENDING]
 
     def mark_done(self, delivery_ids: list[int]) -> None:
         for delivery_id in delivery_ids:

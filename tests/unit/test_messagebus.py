@@ -219,6 +219,57 @@ def test_a_failing_event_handler_leaves_no_changes_behind():
     assert [d.status for d in store.deliveries.values()] == [PENDING]
 
 
+def test_a_delivery_that_loses_a_race_runs_again_at_once_within_its_attempt():
+    races = []
+
+    def loses_once(event):
+        if not races:
+            races.append(event)
+            raise TransactionConflict("deadlock detected")
+
+    bus, store, _, _ = bootstrap_test_bus(event_handlers={events.OutOfStock: [loses_once]})
+    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
+
+    bus.handle(commands.Allocate("o1", "LAMP", 10))
+
+    assert [(d.status, d.attempts) for d in store.deliveries.values()] == [(DONE, 1)]
+
+
+def test_a_delivery_that_keeps_losing_races_waits_for_a_retry():
+    def always_loses(event):
+        raise TransactionConflict("deadlock detected")
+
+    bus, store, _, _ = bootstrap_test_bus(event_handlers={events.OutOfStock: [always_loses]})
+    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
+
+    bus.handle(commands.Allocate("o1", "LAMP", 10))
+
+    [delivery] = store.deliveries.values()
+    assert (delivery.status, delivery.attempts) == (PENDING, 1)
+    assert "deadlock detected" in delivery.last_error
+
+
+def test_the_bus_says_which_deliveries_it_made_done_after_each_commit():
+    told = []
+
+    def fail(event):
+        raise RuntimeError("mail server down")
+
+    def note(event):
+        pass
+
+    bus, _, _, _ = bootstrap_test_bus(
+        event_handlers={events.OutOfStock: [note, fail]}, on_delivered=told.append
+    )
+    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
+
+    bus.handle(commands.Allocate("o1", "LAMP", 10), correlation_id="req-1")
+
+    assert [[(d.handler, d.correlation_id) for d in batch] for batch in told] == [
+        [(handler_name(note), "req-1")]
+    ]
+
+
 def test_a_delivery_runs_its_handler_once_however_often_it_is_delivered():
     bus, store, _, publisher = bootstrap_test_bus()
     bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
