@@ -7,6 +7,7 @@ class AllocationConfig(AppConfig):
 
     def ready(self) -> None:
         # Wiring only: ready() may run more than once and must not touch the database.
+        from allocation.api import authentication  # noqa: F401 (the token cache's signals)
         from allocation.bootstrap import bootstrap
 
         self.bus = bootstrap()

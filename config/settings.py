@@ -189,7 +189,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Keep the worker's DB connection across tasks (Celery closes it after every task otherwise).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
-# --- cache (the write throttle's counters) --------------------------------------------------
+# --- cache (the write throttle's counters, API tokens) ----------------------------------------
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -204,6 +204,9 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- allocation service ---------------------------------------------------------------------
+# API tokens and their users are cached this long (0: off); a save or delete of either drops
+# the entry at once (allocation/api/authentication.py).
+ALLOCATION_TOKEN_CACHE_SECONDS = env.int("ALLOCATION_TOKEN_CACHE_SECONDS", default=60)
 # How long the book-compatible write endpoints wait for their read-model projections; also the
 # most a /api/v1 write waits when the client asks for it with `Prefer: wait=<seconds>`.
 ALLOCATION_READ_YOUR_WRITES_TIMEOUT = env.float("ALLOCATION_READ_YOUR_WRITES_TIMEOUT", default=2.0)
