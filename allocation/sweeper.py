@@ -12,6 +12,7 @@ one seen", which would skip rows that commit out of id order.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
@@ -53,6 +54,22 @@ def sweep(dispatch: Callable[[list[int]], None], limit: int | None = None) -> in
     if ids:
         logger.info("swept %d due deliveries", len(ids))
     return len(ids)
+
+
+def sweep_for(dispatch: Callable[[list[int]], None], seconds: float) -> int:
+    """Sweep batch after batch while whole batches are due, for about `seconds` at most.
+
+    Beat's task: one batch per interval would cap a backlog's drain at
+    ALLOCATION_SWEEP_BATCH / ALLOCATION_SWEEP_INTERVAL deliveries a second, whatever the
+    workers could do. Stopping at the interval keeps sweeps from piling up behind each other.
+    """
+    deadline = time.monotonic() + seconds
+    total = 0
+    while True:
+        swept = sweep(dispatch)
+        total += swept
+        if swept < settings.ALLOCATION_SWEEP_BATCH or time.monotonic() >= deadline:
+            return total
 
 
 def retry(deliveries: Iterable[int]) -> list[int]:

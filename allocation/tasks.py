@@ -25,7 +25,8 @@ def dispatch_deliveries(delivery_ids: list[int]) -> None:
 
 @shared_task(name="allocation.sweep", ignore_result=True)
 def sweep_task() -> int:
-    """Beat runs this every ALLOCATION_SWEEP_INTERVAL seconds: re-dispatch due deliveries."""
-    from allocation.sweeper import sweep
+    """Beat runs this every ALLOCATION_SWEEP_INTERVAL seconds: re-dispatch due deliveries,
+    batch after batch while whole batches are due, for at most one interval."""
+    from allocation.sweeper import sweep_for
 
-    return sweep(dispatch_deliveries)
+    return sweep_for(dispatch_deliveries, settings.ALLOCATION_SWEEP_INTERVAL)

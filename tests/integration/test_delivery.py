@@ -64,6 +64,25 @@ def test_a_lost_dispatch_is_delivered_by_the_sweeper_alone():
     assert set(orm.Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
+def test_beats_sweep_takes_batch_after_batch_of_a_backlog_within_its_interval(settings):
+    lost = []
+    bus = bootstrap(dispatch=lost.extend)
+    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
+    for i in range(4):
+        bus.handle(commands.Allocate(f"o{i}", "LAMP", 1))
+    make_due(status="pending")
+    due = orm.Delivery.objects.filter(status="pending").count()
+    settings.ALLOCATION_SWEEP_BATCH = 5
+    settings.ALLOCATION_SWEEP_CHUNK = 5
+    messages = []
+
+    assert sweeper.sweep_for(messages.append, seconds=0) == 5  # out of time: one batch
+    make_due(status="pending")
+    assert sweeper.sweep_for(messages.append, seconds=30) == due  # every batch, then stops
+
+    assert due > 10 and [len(m) for m in messages[1:]] == [5] * (due // 5) + [due % 5]
+
+
 def test_two_sweepers_never_claim_the_same_delivery(bus):
     lost = []
     quiet = bootstrap(dispatch=lost.extend)
