@@ -89,7 +89,7 @@ createdb:
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles tests/artifacts
 
-## bench: the benchmark suite (about 25 minutes; bench-quick: a few minutes). It starts gunicorn,
+## bench: the benchmark suite (about 14 minutes; bench-quick: about 4). It starts gunicorn,
 ## a Celery worker and beat on PostgreSQL (database allocation_bench) and a private redis-server,
 ## loads them with wrk and writes bench/results/<timestamp>.json, summary.md and plots. Needs
 ## PostgreSQL on 127.0.0.1:5432; installs wrk (apt-get) and bench/requirements.txt if missing.

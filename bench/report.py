@@ -81,17 +81,18 @@ def profile_summary(path: Path, top: int = 15) -> dict:
 
 # Where a sample is, in the service's own terms: the first label whose marker is on the stack.
 PHASES = (
-    ("web: read-your-writes wait (polling the deliveries)", "wait_for_deliveries"),
+    ("web: read-your-writes wait (checks of the deliveries, wake-up)", "wait_for_deliveries"),
     ("Celery publish after commit (worker: of follow-up commands)", "dispatch_committed"),
     ("web: token authentication", "authenticate"),
     ("web: the command's transaction (bus.handle)", "MessageBus.handle"),
     ("web: request parsing, DRF and Django around the view", "rest_framework"),
-    ("worker: count attempts (_start transaction)", "MessageBus._start"),
+    ("worker: count attempts (one UPDATE, then the events)", "DjangoDeliveryRepository.start"),
     ("worker: claim deliveries (SELECT ... FOR UPDATE)", "DjangoDeliveryRepository.claim"),
     ("worker: projection bodies (read-model SQL)", "readmodels/projections"),
     ("worker: notification bodies (Redis PUBLISH, XADD, email)", "notifications/"),
     ("worker: mark deliveries done", "mark_done"),
     ("worker: savepoints, commits, dispatch of follow-ups", "MessageBus._run_together"),
+    ("worker: savepoints, commits, dispatch of follow-ups", "MessageBus._run_alone"),
     ("worker: Celery task machinery (receive, ack, trace)", "celery/"),
     ("web: gunicorn and Django around the view", "gunicorn/"),
 )
@@ -112,9 +113,11 @@ def bucket_of(frames: list[str]) -> str:
         return "sleep in read-your-writes polling"
     if "wait_for_deliveries" in text and "wait_for_deliveries (" in leaf:
         return "sleep in read-your-writes polling"
+    if "wait_for_deliveries" in text and "redis/" in text:
+        return "read-your-writes wake-up (Redis BLPOP)"
     if "Connection.wait" in leaf or "_execute_send" in leaf or "wait_c" in leaf:
         if "wait_for_deliveries" in text:
-            return "PostgreSQL round trips: read-your-writes polls"
+            return "PostgreSQL round trips: read-your-writes checks"
         return "PostgreSQL round trips (waiting for the server)"
     if "kombu" in text or "deliver_task.delay" in text or "apply_async" in text:
         return "Celery publish (kombu)"

@@ -25,6 +25,9 @@ from rest_framework.authtoken.models import Token
 logger = logging.getLogger(__name__)
 
 
+KEY_LENGTH = Token._meta.get_field("key").max_length
+
+
 def cache_key(key: str) -> str:
     return f"auth-token:{key}"
 
@@ -35,7 +38,8 @@ class TokenAuthentication(authentication.TokenAuthentication):
     def authenticate_credentials(self, key: str) -> Any:
         if "\x00" in key:
             raise exceptions.AuthenticationFailed("Invalid token.")
-        seconds = settings.ALLOCATION_TOKEN_CACHE_SECONDS
+        # (A key longer than any token's is refused by the database, never looked up here.)
+        seconds = settings.ALLOCATION_TOKEN_CACHE_SECONDS if len(key) <= KEY_LENGTH else 0
         token = _cached(key) if seconds else None
         if token is None:
             user, token = super().authenticate_credentials(key)  # refuses unknown and inactive
