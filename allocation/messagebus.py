@@ -33,6 +33,10 @@ Handler = Callable[..., Any]
 PER_CALL = ("uow", "event_id")
 
 
+def sku_of(delivery: PendingDelivery) -> str:
+    return delivery.event.sku
+
+
 def handler_name(handler: Handler) -> str:
     """The stable name a delivery row stores for its handler."""
     return f"{handler.__module__}.{handler.__qualname__}"
@@ -162,7 +166,9 @@ class MessageBus:
         """
         started = self.start_uow(self.subscriptions, None).start_deliveries(delivery_ids)
         for group in self.transaction_groups:
-            together = [d for d in started if d.handler in group]
+            # In sku order: two workers' batches then take the read model's rows in the same
+            # order, so one waits for the other instead of deadlocking with it.
+            together = sorted((d for d in started if d.handler in group), key=sku_of)
             if together:
                 self._run_together(together)
         grouped = frozenset().union(*self.transaction_groups)
@@ -175,34 +181,37 @@ class MessageBus:
             self._run_alone(deliveries[0])
             return
         uow = self.start_uow(self.subscriptions, None)
+        done, failed = [], []
         try:
             with uow:
-                done, rerun = [], []
                 for delivery in uow.deliveries.claim(deliveries):
                     try:
                         with uow.savepoint():
                             self._run_delivery(delivery, uow)
                     except TransactionConflict:
-                        # A deadlock with another worker's batch over the same rows: not the
-                        # handler's fault. Run it again on its own once this batch commits.
-                        rerun.append(delivery)
+                        # A deadlock with another worker's batch: give the whole batch up now.
+                        # Going on would keep its locks, and deadlock again (a second each).
+                        raise
                     except Exception as exc:
                         logger.exception("delivery %s (%s) failed", delivery.id, delivery.handler)
                         self._failed(delivery, exc, uow)
+                        failed.append(delivery)
                     else:
                         done.append(delivery)
-                        DELIVERIES_RUN.labels(delivery.handler, "done").inc()
                 uow.deliveries.mark_done([d.id for d in done])
                 uow.commit()
-        except Exception:
-            # The transaction as a whole failed (a deadlock with another batch, a lost
-            # connection): try each delivery in a transaction of its own.
+        except Exception as exc:
+            # The transaction as a whole failed (it lost a race with another worker's batch,
+            # or its connection) and its locks went with it: run each delivery on its own.
+            logger.info("batch of %d failed (%s); each runs alone", len(deliveries), exc)
             for delivery in deliveries:
                 self._run_alone(delivery)
             return
+        for delivery in failed:
+            DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
+        for delivery in done:
+            DELIVERIES_RUN.labels(delivery.handler, "done").inc()
         self._committed(uow, done)
-        for delivery in rerun:
-            self._run_alone(delivery)
 
     def _run_alone(self, delivery: PendingDelivery, again_on_conflict: bool = True) -> None:
         """One delivery in its own transaction; if it fails, that transaction is rolled back
@@ -230,6 +239,7 @@ class MessageBus:
                     failure_uow.commit()
             except Exception:
                 logger.exception("could not record the failure of delivery %s", delivery.id)
+            DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
             return
         if ran:
             DELIVERIES_RUN.labels(delivery.handler, "done").inc()
@@ -240,7 +250,6 @@ class MessageBus:
         # would be refused again, so it is not retried.
         refused = isinstance(exc, DomainError)
         uow.deliveries.record_failure(delivery.id, exc, final=refused)
-        DELIVERIES_RUN.labels(delivery.handler, "failed").inc()
 
     def _committed(self, uow: AbstractUnitOfWork, done: list[PendingDelivery]) -> None:
         self.dispatch_committed(uow.new_deliveries)

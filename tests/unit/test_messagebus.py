@@ -249,6 +249,53 @@ def test_a_delivery_that_keeps_losing_races_waits_for_a_retry():
     assert "deadlock detected" in delivery.last_error
 
 
+def test_a_race_lost_inside_a_shared_batch_gives_the_batch_up_and_runs_each_alone():
+    runs = []
+
+    def add_spare_batch(event, uow):  # a database effect, in the batch's transaction
+        runs.append("spare")
+        with uow:
+            uow.products.get(event.sku).add_batch(f"spare-{runs.count('spare')}", 1, None)
+            uow.commit()
+
+    def loses_once(event):
+        runs.append("race")
+        if runs.count("race") == 1:
+            raise TransactionConflict("deadlock detected")
+
+    bus, store, _, _ = bootstrap_test_bus(
+        event_handlers={events.OutOfStock: [add_spare_batch, loses_once]}
+    )
+    bus.transaction_groups = [frozenset({handler_name(add_spare_batch), handler_name(loses_once)})]
+    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
+
+    bus.handle(commands.Allocate("o1", "LAMP", 10))
+
+    assert runs == ["spare", "race", "spare", "race"]  # the batch, then each alone
+    # The batch's first effect was undone with it (its locks went at once), so it is there once.
+    assert [b.reference for b in store.products["LAMP"].batches] == ["b1", "spare-2"]
+    assert [(d.status, d.attempts) for d in store.deliveries.values()] == [(DONE, 1), (DONE, 1)]
+
+
+def test_a_batch_runs_its_deliveries_in_sku_order():
+    lost, seen = [], []
+
+    def note(event):
+        seen.append(event.sku)
+
+    bus, _, _, _ = bootstrap_test_bus(
+        event_handlers={events.OutOfStock: [note]}, dispatch=lost.extend
+    )
+    bus.transaction_groups = [frozenset({handler_name(note)})]
+    for sku in ("ZEBRA", "APPLE", "MANGO"):
+        bus.handle(commands.CreateBatch(f"{sku}-1", sku, 1, None))
+        bus.handle(commands.Allocate("o1", sku, 10))
+
+    bus.deliver_all(list(lost))  # one message with all three, as the sweeper sends them
+
+    assert seen == ["APPLE", "MANGO", "ZEBRA"]
+
+
 def test_the_bus_says_which_deliveries_it_made_done_after_each_commit():
     told = []
 
