@@ -23,6 +23,18 @@ def _own_cache(settings):
 
 
 @pytest.fixture
+def dead_cache(settings):
+    """A Redis cache that nobody answers: the cache is down."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+
+
+@pytest.fixture
 def allocators_group(db) -> Group:
     """The group migration 0003 creates; a transactional test's flush removes it, so make
     sure it is there (tests/api/test_permissions.py checks what the migration itself made)."""

@@ -64,13 +64,17 @@ def test_a_lost_dispatch_is_delivered_by_the_sweeper_alone():
     assert set(orm.Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
-def test_beats_sweep_takes_batch_after_batch_of_a_backlog_within_its_interval(settings):
-    lost = []
-    bus = bootstrap(dispatch=lost.extend)
-    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
-    for i in range(4):
-        bus.handle(commands.Allocate(f"o{i}", "LAMP", 1))
+def lost_backlog(orders: int) -> None:
+    """`orders` allocations whose broker messages were lost, all due for the sweeper."""
+    quiet = bootstrap(dispatch=[].extend)
+    quiet.handle(commands.CreateBatch("b1", "LAMP", 1000, None))
+    for i in range(orders):
+        quiet.handle(commands.Allocate(f"o{i}", "LAMP", 1))
     make_due(status="pending")
+
+
+def test_beats_sweep_takes_batch_after_batch_of_a_backlog_within_its_interval(settings):
+    lost_backlog(orders=4)
     due = orm.Delivery.objects.filter(status="pending").count()
     settings.ALLOCATION_SWEEP_BATCH = 5
     settings.ALLOCATION_SWEEP_CHUNK = 5
@@ -84,12 +88,7 @@ def test_beats_sweep_takes_batch_after_batch_of_a_backlog_within_its_interval(se
 
 
 def test_two_sweepers_never_claim_the_same_delivery(bus):
-    lost = []
-    quiet = bootstrap(dispatch=lost.extend)
-    quiet.handle(commands.CreateBatch("b1", "LAMP", 1000, None))
-    for i in range(60):
-        quiet.handle(commands.Allocate(f"o{i}", "LAMP", 1))
-    make_due(status="pending")
+    lost_backlog(orders=60)
     claimed = []
     start = threading.Barrier(4)
 
