@@ -89,15 +89,17 @@ createdb:
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles tests/artifacts
 
-## bench: the benchmark suite (about 14 minutes; bench-quick: about 4). It starts gunicorn,
+## bench: the benchmark suite (about 12 minutes; bench-quick: about 4). It starts gunicorn,
 ## a Celery worker and beat on PostgreSQL (database allocation_bench) and a private redis-server,
 ## loads them with wrk and writes bench/results/<timestamp>.json, summary.md and plots. Needs
 ## PostgreSQL on 127.0.0.1:5432; installs wrk (apt-get) and bench/requirements.txt if missing.
-.PHONY: bench bench-quick
-bench bench-quick: $(BIN)/.installed
+## bench-soak: RSS of web and worker over 100,000 events (about 17 minutes).
+.PHONY: bench bench-quick bench-soak
+bench bench-quick bench-soak: $(BIN)/.installed
 	@if ! command -v wrk >/dev/null || ! command -v redis-server >/dev/null; then \
 	  echo "installing wrk and redis-server (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server; \
 	fi
 	$(BIN)/pip install --quiet -r bench/requirements.txt
-	MPLBACKEND=Agg $(BIN)/python -m bench.run $(if $(filter bench-quick,$@),--quick)
+	$(if $(filter bench-soak,$@),$(BIN)/python -m bench.soak,\
+	  MPLBACKEND=Agg $(BIN)/python -m bench.run $(if $(filter bench-quick,$@),--quick))
