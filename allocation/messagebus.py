@@ -174,7 +174,7 @@ class MessageBus:
         grouped = frozenset().union(*self.transaction_groups)
         for delivery in started:
             if delivery.handler not in grouped:
-                self._run_together([delivery])
+                self._run_alone(delivery)
 
     def _run_together(self, deliveries: list[PendingDelivery]) -> None:
         if len(deliveries) == 1:

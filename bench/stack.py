@@ -15,8 +15,8 @@ from tests.e2e.harness import (
     PrivateRedis,
     Stack,
     StackConfig,
-    exclusive_use_of_services,
     lock_path,
+    running_stack,
 )
 
 # Each run gets a database of its own, allocation_bench_<run stamp>, dropped at the end (keep it
@@ -69,14 +69,8 @@ def bench_stack(
         artifacts=ARTIFACTS,
     )
     try:
-        with exclusive_use_of_services(config.database):
-            stack = BenchStack(config)
-            try:
-                stack.prepare()
-                stack.start_all()
-                yield stack
-            finally:
-                stack.close()
+        with running_stack(config, BenchStack) as stack:
+            yield stack
     finally:
         lock_path(config.database).unlink(missing_ok=True)  # a lock file per run's database
 

@@ -84,7 +84,9 @@ def _token_changed(sender: Any, instance: Token, **kwargs: Any) -> None:
 
 
 @receiver([post_save, post_delete], sender=get_user_model(), dispatch_uid="forget-user-tokens")
-def _user_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+def _user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    if update_fields is not None and set(update_fields) == {"last_login"}:
+        return  # every login saves this; it changes nothing a token stands for
     keys = list(Token.objects.filter(user_id=instance.pk).values_list("key", flat=True))
     if keys:
         forget(*keys)

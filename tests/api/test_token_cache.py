@@ -1,6 +1,8 @@
 """API tokens are cached between requests, and a revoked token or a deactivated user is refused
 at once, in every process: the cache entry goes when the token or its user changes."""
 
+import uuid
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
@@ -87,3 +89,30 @@ def test_without_a_cache_tokens_still_authenticate(token, dead_cache):
 
     assert token_queries(client) == (200, 1)
     assert token_queries(client) == (200, 1)
+
+
+def test_on_the_production_cache_redis_a_token_is_cached_and_a_deletion_drops_it(token, settings):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "config.cache.ReusingRedisCache",
+            "LOCATION": settings.REDIS_URL,
+            "KEY_PREFIX": f"test-{uuid.uuid4()}",
+        }
+    }
+    client = client_with(token)
+
+    assert token_queries(client) == (200, 1)
+    assert token_queries(client) == (200, 0)  # unpickled from Redis
+
+    Token.objects.get(key=token.key).delete()
+
+    assert client.get("/api/v1/stock").status_code == 401
+
+
+def test_a_login_keeps_the_token_cached(token):
+    client = client_with(token)
+    assert token_queries(client) == (200, 1)
+
+    User.objects.get(pk=token.user_id).save(update_fields=["last_login"])
+
+    assert token_queries(client) == (200, 0)

@@ -768,11 +768,13 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(config: StackConfig | None = None) -> Iterator[Stack]:
+def running_stack(
+    config: StackConfig | None = None, stack_class: type[Stack] | None = None
+) -> Iterator[Stack]:
     """A fresh stack for the duration of the block, then every process of it stopped."""
     config = config or StackConfig()
     with exclusive_use_of_services(config.database):
-        stack = Stack(config)
+        stack = (stack_class or Stack)(config)
         try:
             stack.prepare()
             stack.start_all()
