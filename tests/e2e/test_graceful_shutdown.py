@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 import uuid
 
 import pytest
@@ -71,16 +70,22 @@ def test_sigterm_to_the_worker_under_load_loses_nothing(stack):
     clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in clients:
         t.start()
-    time.sleep(2)
-    worker = stack.worker
-    worker.popen.send_signal(signal.SIGTERM)  # warm shutdown, while tasks keep arriving
-    assert worker.popen.wait(30) == 0, worker.logs()
-    assert "Warm shutdown" in worker.logs()
-    stack.start("worker")
-    time.sleep(1)
-    stop.set()
-    for t in clients:
-        t.join(30)
+    try:
+        wait_until(lambda: len(accepted) >= 20, 60, "20 allocations before the SIGTERM")
+        worker = stack.worker
+        worker.popen.send_signal(signal.SIGTERM)  # warm shutdown, while tasks keep arriving
+        # Bounded: the tasks in hand (milliseconds each here) plus at most 2 s per pool
+        # process (config/celery.py); the limit is only there so that a hang fails the test.
+        wait_until(lambda: not worker.alive(), 90, "the worker to finish its warm shutdown")
+        assert worker.popen.returncode == 0, worker.logs()
+        assert "Warm shutdown" in worker.logs()
+        stack.start("worker")
+        after_restart = len(accepted)
+        wait_until(lambda: len(accepted) >= after_restart + 10, 60, "allocations after restart")
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
 
     assert len(accepted) > 20
     wait_until(lambda: pending(stack) == 0, 60, "every delivery to be done")
