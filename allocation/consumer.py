@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from allocation import database
 from allocation.domain import commands
 from allocation.domain.model import DomainError
 
@@ -24,6 +26,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # What the database can hold: PostgreSQL integer quantities, and text without NUL or lone
 # surrogates. Anything else would fail in the database instead of being skipped with a reason.
 MAX_QTY = 2**31 - 1
+# How long a message waits for an unreachable database before it is given up (and logged).
+DATABASE_RETRY_SECONDS = 60.0
 
 
 class BadMessage(ValueError):
@@ -69,11 +73,17 @@ PARSERS: dict[str, Callable[[bytes | str], commands.Command]] = {
 }
 
 
-def handle_message(bus: Any, channel: str, raw: bytes | str) -> bool:
-    """Turn one message into a command and handle it. Never raises; False when skipped."""
+def handle_message(
+    bus: Any, channel: str, raw: bytes | str, stop: threading.Event | None = None
+) -> bool:
+    """Turn one message into a command and handle it. Never raises; False when skipped.
+
+    While the database is unreachable the message is held and tried again, for at most
+    DATABASE_RETRY_SECONDS (or until `stop` is set): pub/sub would not give it a second time.
+    """
     try:
         command = PARSERS[channel](raw)
-        bus.handle(command)
+        _handle_despite_the_database(bus, command, stop or threading.Event())
     except (BadMessage, DomainError) as exc:
         logger.warning("skipped message on %s: %s (%r)", channel, exc, raw[:200])
         return False
@@ -82,6 +92,26 @@ def handle_message(bus: Any, channel: str, raw: bytes | str) -> bool:
         return False
     logger.info("handled %s from %s", command, channel)
     return True
+
+
+def _handle_despite_the_database(
+    bus: Any, command: commands.Command, stop: threading.Event
+) -> None:
+    deadline = time.monotonic() + DATABASE_RETRY_SECONDS
+    pause = 0.25
+    while True:
+        database.heal()  # a connection broken since the last message is replaced first
+        try:
+            bus.handle(command)
+            return
+        except Exception as exc:
+            if not (database.unavailable(exc) or database.busy(exc)):
+                raise
+            if stop.is_set() or time.monotonic() + pause > deadline:
+                raise
+            logger.warning("database unavailable (%s); %s again in %.2fs", exc, command, pause)
+        stop.wait(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def consume(
@@ -104,7 +134,7 @@ def consume(
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
-                        handle_message(bus, message["channel"].decode(), message["data"])
+                        handle_message(bus, message["channel"].decode(), message["data"], stop)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             logger.warning("Redis connection lost (%s); reconnecting in %.1fs", exc, pause)
             stop.wait(pause)

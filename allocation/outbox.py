@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -188,18 +188,24 @@ def wait_for_deliveries(
     )
     deadline = time.monotonic() + timeout
     pause = 0.002
-    while pending.exists():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if wakeups is not None:
-            try:
-                # A slice, not the whole wait: a ring lost with its worker costs one slice.
-                wakeups.wait(correlation_id, min(remaining, WAKEUP_SLICE))
-                continue
-            except RedisError as exc:
-                logger.warning("read-your-writes polls: no wake-ups from Redis (%s)", exc)
-                wakeups = None
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.05)
+    try:
+        while pending.exists():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if wakeups is not None:
+                try:
+                    # A slice, not the whole wait: a ring lost with its worker costs one slice.
+                    wakeups.wait(correlation_id, min(remaining, WAKEUP_SLICE))
+                    continue
+                except RedisError as exc:
+                    logger.warning("read-your-writes polls: no wake-ups from Redis (%s)", exc)
+                    wakeups = None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.05)
+    except DatabaseError as exc:
+        # The write committed before this wait began: its answer is a success, whatever the
+        # database does now. The read models catch up once the database is back.
+        logger.warning("read-your-writes cut short: the database failed (%s)", exc)
+        return False
     return True

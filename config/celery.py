@@ -4,6 +4,7 @@ import os
 
 import billiard.pool
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -18,3 +19,20 @@ app.autodiscover_tasks()
 # waiting less: a result still in the pipe is read when the pool is joined, and a task whose
 # result never arrives is requeued (task_reject_on_worker_lost) and delivered once.
 billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT = 20  # 2 s
+
+
+@task_prerun.connect
+@task_postrun.connect
+def heal_database_connections(task=None, **kwargs) -> None:
+    """Drop a broken database connection before and after each task.
+
+    Celery's Django fix-up keeps the connection for CELERY_DB_REUSE_MAX tasks without ever
+    checking it, so after a PostgreSQL restart every later task of the pool process failed on
+    the dead connection. Django does this check around each web request; this is the same for
+    tasks (eager tasks run inside a request, which does its own).
+    """
+    if task is not None and task.request.is_eager:
+        return
+    from allocation.database import heal
+
+    heal()

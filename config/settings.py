@@ -41,6 +41,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "allocation.metrics.RequestMetricsMiddleware",
+    "allocation.database.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and Swagger UI's static files under gunicorn (after collectstatic).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -210,6 +211,10 @@ ALLOCATION_TOKEN_CACHE_SECONDS = env.int("ALLOCATION_TOKEN_CACHE_SECONDS", defau
 # How long the book-compatible write endpoints wait for their read-model projections; also the
 # most a /api/v1 write waits when the client asks for it with `Prefer: wait=<seconds>`.
 ALLOCATION_READ_YOUR_WRITES_TIMEOUT = env.float("ALLOCATION_READ_YOUR_WRITES_TIMEOUT", default=2.0)
+# Web requests give up on a lock, or a statement, after this many seconds and answer 503
+# (0: no limit). Workers and management commands are not limited.
+ALLOCATION_WEB_LOCK_TIMEOUT = env.float("ALLOCATION_WEB_LOCK_TIMEOUT", default=5.0)
+ALLOCATION_WEB_STATEMENT_TIMEOUT = env.float("ALLOCATION_WEB_STATEMENT_TIMEOUT", default=20.0)
 # Bounded retries for a command that lost a race on the same product (serialisation, deadlock).
 ALLOCATION_COMMAND_RETRIES = env.int("ALLOCATION_COMMAND_RETRIES", default=5)
 # One broker message per commit that carries all its deliveries (True), or one per delivery.

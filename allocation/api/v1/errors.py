@@ -16,9 +16,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from allocation.api.errors import first_message
+from allocation.api.errors import database_trouble, first_message
 from allocation.domain import model
-from allocation.unit_of_work import TransactionConflict
 
 
 class ApiError(Exception):
@@ -90,12 +89,13 @@ def v1_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | 
         kind = DOMAIN_ERRORS.get(type(exc), DomainErrorKind("invalid", 400))
         details = {kind.field: [str(exc)]} if kind.field else None
         return error_response(kind.status, kind.code, str(exc), details)
-    if isinstance(exc, TransactionConflict):
+    if trouble := database_trouble(exc):
+        code, message, retry_after = trouble
         return error_response(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            "busy",
-            "The product is busy with other writes; try again.",
-            headers={"Retry-After": "1"},
+            code,
+            message,
+            headers={"Retry-After": str(retry_after)},
         )
     if isinstance(exc, RequestDataTooBig):
         return error_response(

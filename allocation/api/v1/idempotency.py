@@ -25,16 +25,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from allocation.api.v1.errors import ApiError
 from allocation.models import IdempotencyRecord
+
+logger = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -104,4 +107,8 @@ def store(request: Request, key: str, fingerprint: str, response: Response) -> R
     except IntegrityError:
         # A concurrent first request with this key stored its answer first: give that one.
         return replay(IdempotencyRecord.objects.get(user=request.user, key=key), fingerprint)
+    except DatabaseError as exc:
+        # The command has committed: its answer stands even though it could not be kept. A
+        # retry with this key runs the command again, which these commands make harmless.
+        logger.warning("could not store the answer to %s %r: %s", HEADER, key, exc)
     return response

@@ -22,11 +22,12 @@ ERROR_DESCRIPTIONS = {
     415: "unsupported_media_type: send application/json",
     422: "idempotency_key_reused: the Idempotency-Key came with another request",
     429: "throttled: too many writes; see Retry-After",
-    503: "busy: the product is busy with other writes; retry after Retry-After seconds",
+    503: "busy: the product is busy with other writes, or a lock or statement timed out; "
+    "database_unavailable: the database cannot be reached. Retry after Retry-After seconds",
 }
 
 # A read may be a 404 too: a page or cursor that does not exist (`?page=0`), or no such resource.
-READ_ERRORS = (401, 404)
+READ_ERRORS = (401, 404, 503)
 WRITE_ERRORS = (400, 401, 403, 413, 415, 429, 503)
 
 
