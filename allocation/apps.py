@@ -10,11 +10,25 @@ class AllocationConfig(AppConfig):
         from allocation.api import authentication  # noqa: F401 (the token cache's signals)
         from allocation.bootstrap import bootstrap
 
-        self.bus = bootstrap()
+        self.wiring = bootstrap()
+
+
+def _wiring():
+    from django.apps import apps
+
+    return apps.get_app_config("allocation").wiring
 
 
 def get_bus():
-    """The bus that AllocationConfig.ready() built."""
-    from django.apps import apps
+    """The command bus that AllocationConfig.ready() built."""
+    return _wiring().bus
 
-    return apps.get_app_config("allocation").bus
+
+def get_runner():
+    """The delivery runner that AllocationConfig.ready() built."""
+    return _wiring().runner
+
+
+def read_model_handlers() -> frozenset[str]:
+    """The names of the handlers whose effects read-your-writes waits for."""
+    return _wiring().read_models

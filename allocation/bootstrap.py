@@ -1,16 +1,18 @@
-"""The composition root: the one module that knows every app and wires the bus.
+"""The composition root: the one module that knows every app and wires the bus and the runner.
 
 The routing tables below are the whole event flow on one screen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from allocation import handlers
+from allocation.delivery import DeliveryRunner, Group
 from allocation.domain import commands, events
-from allocation.messagebus import MessageBus, handler_name
+from allocation.messagebus import MessageBus, inject
 from notifications import handlers as notify
 from readmodels import projections
 
@@ -50,13 +52,47 @@ EVENT_HANDLERS = {
     ],
 }
 
-# The deliveries of one broker message that share a transaction (a savepoint each), group by
-# group in this order: the projections first (read-your-writes waits for them), then the quick
-# Redis publishes (at-least-once already: a crash before the commit publishes again, with the
-# same event id). Every other handler (email, reallocation) runs in a transaction of its own.
+# The name a delivery row stores for its handler. Stable: a handler may move or be renamed in
+# the code, and the deliveries already written still reach it. Never reuse a name for a
+# handler that does something else.
+HANDLER_NAMES = {
+    projections.add_batch_to_read_model: "read_model.add_batch",
+    projections.change_batch_quantity_in_read_model: "read_model.change_batch_quantity",
+    projections.add_allocation_to_read_model: "read_model.add_allocation",
+    projections.remove_allocation_from_read_model: "read_model.remove_allocation",
+    notify.publish_allocated_event: "redis.publish_line_allocated",
+    notify.append_to_event_stream: "redis.append_to_event_stream",
+    notify.send_out_of_stock_notification: "email.out_of_stock",
+    handlers.reallocate: "allocation.reallocate",
+}
+
+
+def handler_name(handler: Callable[..., Any]) -> str:
+    """A handler's stable name; one that has none (a plugin from settings) goes by its path."""
+    return HANDLER_NAMES.get(handler) or f"{handler.__module__}.{handler.__qualname__}"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A transaction group of bootstrap: its handlers, and how they apply as sets."""
+
+    handlers: tuple[Callable[..., Any], ...]
+    together: Callable[[dict[str, Any]], Any] | None = None  # dependencies -> context factory
+    transactional: bool = True
+
+
+# The deliveries of one worker step that share a transaction, group by group in this order:
+# the projections first (read-your-writes waits for them), applied as sets; then the Redis
+# publishes, in one pipeline, whose done-mark follows them (at-least-once already: a crash in
+# between publishes again, with the same event id). Every other handler (email, reallocation)
+# runs in a transaction of its own.
 TRANSACTION_GROUPS = (
-    projections.READ_MODEL_HANDLERS,
-    (notify.publish_allocated_event, notify.append_to_event_stream),
+    GroupSpec(projections.READ_MODEL_HANDLERS, lambda deps: projections.applied_together),
+    GroupSpec(
+        (notify.publish_allocated_event, notify.append_to_event_stream),
+        lambda deps: deps["publish"].pipelined,
+        transactional=False,
+    ),
 )
 
 # The handlers whose effects read-your-writes waits for.
@@ -73,47 +109,53 @@ def with_extra_handlers(routing: dict, extra: dict[str, list[str]]) -> dict:
     return routing
 
 
+@dataclass(frozen=True)
+class Wiring:
+    bus: MessageBus
+    runner: DeliveryRunner
+    read_models: frozenset[str] = READ_MODEL_HANDLERS
+
+
 def bootstrap(
     start_uow: Callable[..., Any] | None = None,
-    dispatch: Callable[[list[int]], None] | None = None,
+    wake: Callable[[list[Any]], None] | None = None,
     notifications: Any = None,
     publish: Any = None,
     event_stream: Any = None,
     command_handlers: dict | list | None = None,
-    event_handlers: dict | None = None,
+    event_handlers: Mapping[type[events.Event], Iterable[Callable[..., Any]]] | None = None,
     command_retries: int | None = None,
     on_delivered: Callable[[list[Any]], None] | None = None,
-) -> MessageBus:
-    """Build the bus. With no arguments: Django, Celery, email and Redis from settings.
+    groups: Iterable[GroupSpec] = TRANSACTION_GROUPS,
+) -> Wiring:
+    """Build the bus and the delivery runner. With no arguments: Django, Celery, email and
+    Redis from settings.
 
     Unit tests pass a fake unit of work, fake adapters and (since the read-model projections
-    write through the ORM) their own event routing; `dispatch=None` then delivers events
+    write through the ORM) their own event routing; `wake=None` then runs a worker step
     in-process, right after each commit.
     """
     from django.conf import settings
 
     if start_uow is None:
         from allocation import wakeups
-        from allocation.tasks import dispatch_deliveries
-        from allocation.unit_of_work import DjangoUnitOfWork
+        from allocation.django_unit_of_work import DjangoUnitOfWork
+        from allocation.tasks import send_step
 
         start_uow = DjangoUnitOfWork
-        dispatch = dispatch or dispatch_deliveries
-        if on_delivered is None and (ringer := wakeups.configured()):
-            on_delivered = wakeups.ring_read_models(ringer, READ_MODEL_HANDLERS)
+        redis_wakeups = wakeups.configured()
+        wake = wake or wakeups.doorbell(redis_wakeups, send_step)
+        if on_delivered is None and redis_wakeups is not None:
+            on_delivered = wakeups.ring_read_models(redis_wakeups, READ_MODEL_HANDLERS)
     if notifications is None:
         from notifications.adapters import EmailNotifications
 
         notifications = EmailNotifications(settings.OUT_OF_STOCK_EMAIL_RECIPIENTS)
-    if publish is None:
-        from notifications.adapters import LogPublisher, RedisPublisher
+    if publish is None or event_stream is None:
+        from notifications.adapters import LogPublisher, RedisChannels
 
-        publish = RedisPublisher(settings.REDIS_URL) if settings.REDIS_URL else LogPublisher()
-    if event_stream is None:
-        from notifications.adapters import LogPublisher, RedisEventStream
-
-        event_stream = (
-            RedisEventStream(
+        channels = (
+            RedisChannels(
                 settings.REDIS_URL,
                 settings.ALLOCATION_EVENT_STREAM,
                 settings.ALLOCATION_EVENT_STREAM_MAXLEN,
@@ -121,22 +163,48 @@ def bootstrap(
             if settings.REDIS_URL
             else LogPublisher()
         )
+        publish = publish or channels
+        event_stream = event_stream or channels
     if event_handlers is None:
         extra = settings.ALLOCATION_EXTRA_EVENT_HANDLERS
         event_handlers = with_extra_handlers(EVENT_HANDLERS, extra)
-    return MessageBus(
+    dependencies = {
+        "notifications": notifications,
+        "publish": publish,
+        "event_stream": event_stream,
+    }
+    subscriptions = {
+        event_type.__name__: tuple(handler_name(h) for h in handlers)
+        for event_type, handlers in event_handlers.items()
+    }
+    injected = {
+        handler_name(h): inject(h, dependencies, handler_name(h))
+        for handlers in event_handlers.values()
+        for h in handlers
+    }
+    bus = MessageBus(
         start_uow=start_uow,
         command_handlers=COMMAND_HANDLERS if command_handlers is None else command_handlers,
-        event_handlers=event_handlers,
-        dependencies={
-            "notifications": notifications,
-            "publish": publish,
-            "event_stream": event_stream,
-        },
-        dispatch=dispatch,
-        transaction_groups=TRANSACTION_GROUPS,
-        on_delivered=on_delivered,
+        subscriptions=subscriptions,
+        dependencies=dependencies,
+        wake=None,  # set below: the runner's step, when no transport was given
         command_retries=(
             settings.ALLOCATION_COMMAND_RETRIES if command_retries is None else command_retries
         ),
     )
+    runner = DeliveryRunner(
+        bus,
+        injected,
+        groups=[
+            Group(
+                frozenset(handler_name(h) for h in spec.handlers),
+                spec.together(dependencies) if spec.together else None,
+                spec.transactional,
+            )
+            for spec in groups
+        ],
+        on_delivered=on_delivered,
+        batch_size=settings.ALLOCATION_DELIVERY_BATCH,
+    )
+    bus.wake = wake or (lambda deliveries: runner.run_due())
+    return Wiring(bus, runner)

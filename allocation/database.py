@@ -13,6 +13,7 @@ An unreachable database is an answer in its own right: the APIs give 503 with Re
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 # lock_timeout and statement_timeout: the database is there, something held it up.
 BUSY_SQLSTATES = {"55P03", "57014"}
+# Classes of PostgreSQL errors that say the server or the connection is gone, not the query:
+# connection exceptions, insufficient resources (too many clients), operator intervention
+# (shutting down, restarting), system errors.
+UNAVAILABLE_CLASSES = {"08", "53", "57", "58"}
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -30,14 +35,25 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def busy(exc: BaseException) -> bool:
-    """A statement gave up on a lock or ran out of time (lock_timeout, statement_timeout)."""
-    return isinstance(exc, DatabaseError) and sqlstate(exc) in BUSY_SQLSTATES
+    """A statement gave up on a lock or ran out of time (lock_timeout, statement_timeout), or
+    SQLite's file was locked for longer than its timeout."""
+    if not isinstance(exc, DatabaseError):
+        return False
+    if sqlstate(exc) in BUSY_SQLSTATES:
+        return True
+    return isinstance(exc.__cause__, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def unavailable(exc: BaseException) -> bool:
     """The database could not be used at all: down, restarting, refusing connections (too many
-    clients, shutting down), or a connection that broke under us."""
-    return isinstance(exc, (OperationalError, InterfaceError)) and not busy(exc)
+    clients, shutting down), or a connection that broke under us. Not a bad query: SQLite
+    reports those as OperationalError too."""
+    if not isinstance(exc, (OperationalError, InterfaceError)) or busy(exc):
+        return False
+    if isinstance(exc.__cause__, sqlite3.Error):
+        return False
+    state = sqlstate(exc)
+    return state is None or state[:2] in UNAVAILABLE_CLASSES
 
 
 def heal() -> None:

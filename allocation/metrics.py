@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -50,7 +50,7 @@ class OutboxCollector(Collector):
     """Read at scrape time from the outbox tables."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from allocation.bootstrap import READ_MODEL_HANDLERS
+        from allocation.apps import read_model_handlers
         from allocation.models import Delivery
 
         by_status = GaugeMetricFamily(
@@ -60,21 +60,36 @@ class OutboxCollector(Collector):
         for status in Delivery.Status.values:
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
+        backlog, oldest = outbox_backlog()
         yield GaugeMetricFamily(
             "allocation_outbox_backlog",
-            "Pending deliveries past their lease or backoff (what the sweeper will take)",
-            value=Delivery.objects.filter(
-                status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
-            ).count(),
+            "Deliveries due now: pending, past their lease or backoff",
+            value=backlog,
+        )
+        yield GaugeMetricFamily(
+            "allocation_outbox_oldest_due_seconds",
+            "How long the oldest due delivery has waited to be taken (0: none is due)",
+            value=oldest,
         )
         lag = GaugeMetricFamily(
             "allocation_projection_lag_seconds",
             "Event commit to read-model update, over the projections done in the last 5 minutes",
             labels=["quantile"],
         )
-        for quantile, seconds in projection_lag(READ_MODEL_HANDLERS).items():
+        for quantile, seconds in projection_lag(read_model_handlers()).items():
             lag.add_metric([quantile], seconds)
         yield lag
+
+
+def outbox_backlog() -> tuple[int, float]:
+    """How many deliveries are due, and how many seconds the oldest of them has been due."""
+    from allocation.models import Delivery
+
+    now = timezone.now()
+    due = Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+    found = due.aggregate(n=Count("pk"), oldest=Min("next_attempt_at"))
+    oldest = (now - found["oldest"]).total_seconds() if found["oldest"] else 0.0
+    return found["n"], oldest
 
 
 def projection_lag(handlers: frozenset[str]) -> dict[str, float]:

@@ -1,23 +1,27 @@
-"""Units of work: one transaction per command or delivery, and the outbox written inside it."""
+"""The unit of work: one transaction per command or delivery, and the outbox written inside it.
+
+Plain Python, so that handlers import no framework; `allocation/django_unit_of_work.py` is the
+implementation on Django's ORM and PostgreSQL, `tests/unit/fakes.py` the one in memory.
+"""
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from django.db import DatabaseError, IntegrityError, transaction
 
 from allocation.domain import events
 from allocation.domain.model import Product
-from allocation.outbox import DjangoDeliveryRepository, PendingDelivery
-from allocation.repository import DjangoProductRepository, StaleProduct
 
 
 class TransactionConflict(Exception):
     """The transaction lost a race with another writer; running the command again is safe."""
+
+
+class NestedTransaction(RuntimeError):
+    """A unit of work was opened inside a transaction that someone else will commit."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,34 @@ class MessageContext:
 
     correlation_id: str
     causation_id: str
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery a commit wrote: its id and its handler's name."""
+
+    id: int
+    handler: str
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A delivery taken by a worker step: its handler and its event, with the event's ids."""
+
+    id: int
+    handler: str
+    event: events.Event
+    event_id: str
+    correlation_id: str
+
+
+@dataclass
+class Receipt:
+    """What a caller of `bus.handle()` may ask to be told about the commit: the deliveries it
+    wrote (read-your-writes waits for some of them)."""
+
+    correlation_id: str
+    deliveries: list[NewDelivery] = field(default_factory=list)
 
 
 class ProductRepository(Protocol):
@@ -50,16 +82,18 @@ class DeliveryRepository(Protocol):
         new_events: list[events.Event],
         subscriptions: Mapping[str, tuple[str, ...]],
         context: MessageContext,
-    ) -> list[int]:
-        """Write the events to the event log, with one delivery per subscribed handler."""
+    ) -> list[NewDelivery]:
+        """Write the events to the event log, with one delivery per subscribed handler, due at
+        once."""
 
-    def start(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        """Count an attempt for each pending delivery another worker does not hold, and park
-        those already out of attempts as dead. Returns those to run, with their events.
-        Atomic on its own: called outside a unit of work's transaction."""
+    def take_due(self, limit: int, also: list[int] = ()) -> list[PendingDelivery]:
+        """Take up to `limit` due deliveries (and those of `also` still pending, due or not)
+        that no other worker is taking: count an attempt for each, lease them, and park those
+        already out of attempts as dead. Returns the ones to run, with their events. Atomic on
+        its own: called outside a unit of work's transaction."""
 
-    def claim(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
-        """Lock those still pending, skipping any another worker holds."""
+    def lock(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        """Lock those still pending for this transaction, skipping any another worker holds."""
 
     def mark_done(self, delivery_ids: list[int]) -> None: ...
 
@@ -72,18 +106,23 @@ class AbstractUnitOfWork(abc.ABC):
     """`with uow:` opens the transaction; `uow.commit()` saves the products and their events.
 
     Leaving the block without `commit()` rolls back. A handler that runs inside another
-    handler's unit of work (a follow-up command of a delivery) joins its transaction.
+    handler's unit of work (a follow-up command of a delivery) joins its transaction. Once
+    the transaction has committed, `after_commit` is told the deliveries it wrote.
     """
 
     products: ProductRepository
     deliveries: DeliveryRepository
 
     def __init__(
-        self, subscriptions: Mapping[str, tuple[str, ...]], context: MessageContext | None
+        self,
+        subscriptions: Mapping[str, tuple[str, ...]],
+        context: MessageContext | None,
+        after_commit: Callable[[list[NewDelivery]], None] | None = None,
     ):
         self.subscriptions = subscriptions
         self.context = context
-        self.new_deliveries: list[int] = []
+        self.after_commit = after_commit
+        self.new_deliveries: list[NewDelivery] = []
         self._depth = 0
 
     def __enter__(self) -> AbstractUnitOfWork:
@@ -109,12 +148,19 @@ class AbstractUnitOfWork(abc.ABC):
             self.new_deliveries += self.deliveries.add(new_events, self.subscriptions, self.context)
         self._committed = True
 
-    def start_deliveries(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        """Count an attempt for each of these deliveries, committed at once, before any runs."""
+    def take_due(self, limit: int, also: list[int] = ()) -> list[PendingDelivery]:
+        """Take due deliveries for a worker step, committed at once, before any of them runs."""
         with self:
-            started = self.deliveries.start(delivery_ids)
+            taken = self.deliveries.take_due(limit, also)
             self.commit()
-        return started
+        return taken
+
+    def finish(self, delivery_ids: list[int]) -> None:
+        """Mark deliveries done in a transaction of their own (their effects are outside the
+        database: a Redis publish, say)."""
+        with self:
+            self.deliveries.mark_done(delivery_ids)
+            self.commit()
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -126,9 +172,13 @@ class AbstractUnitOfWork(abc.ABC):
         except BaseException as exc:
             del self.products.seen[seen:]
             del self.new_deliveries[delivered:]
-            if is_conflict(exc):  # lost a race inside a shared transaction: worth a rerun
+            if self.is_conflict(exc):  # lost a race inside a shared transaction: worth a rerun
                 raise TransactionConflict(str(exc)) from exc
             raise
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        """Whether `exc` means another writer got there first (running again may succeed)."""
+        return isinstance(exc, TransactionConflict)
 
     @abc.abstractmethod
     def _begin(self) -> None: ...
@@ -138,53 +188,5 @@ class AbstractUnitOfWork(abc.ABC):
 
     @abc.abstractmethod
     def _end(self, commit: bool, exc: BaseException | None) -> None:
-        """Commit or roll back; may turn a lost race into TransactionConflict."""
-
-
-# PostgreSQL's serialization_failure and deadlock_detected: the loser may simply run again.
-RETRYABLE_SQLSTATES = {"40001", "40P01"}
-
-
-def is_conflict(exc: BaseException) -> bool:
-    if isinstance(exc, (IntegrityError, StaleProduct)):
-        return True  # a concurrent writer of the same product or batch got there first
-    return isinstance(exc, DatabaseError) and (
-        getattr(exc.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES
-    )
-
-
-class DjangoUnitOfWork(AbstractUnitOfWork):
-    def __init__(
-        self, subscriptions: Mapping[str, tuple[str, ...]], context: MessageContext | None
-    ):
-        super().__init__(subscriptions, context)
-        self.products = DjangoProductRepository()
-        self.deliveries = DjangoDeliveryRepository()
-
-    def start_deliveries(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        # The repository counts the attempts in one statement, which PostgreSQL commits on
-        # its own: a transaction around it would only add BEGIN and COMMIT round trips.
-        return self.deliveries.start(delivery_ids)
-
-    def _begin(self) -> None:
-        self._atomic = transaction.atomic(durable=True)
-        self._atomic.__enter__()
-
-    def _savepoint(self) -> contextlib.AbstractContextManager[None]:
-        return transaction.atomic()
-
-    def _end(self, commit: bool, exc: BaseException | None) -> None:
-        if not commit:
-            transaction.set_rollback(True)
-            self.new_deliveries.clear()
-        try:
-            self._atomic.__exit__(
-                type(exc) if exc else None, exc, exc.__traceback__ if exc else None
-            )
-        except DatabaseError as failed:  # the COMMIT itself failed
-            self.new_deliveries.clear()
-            if not is_conflict(failed):
-                raise
-            exc = failed
-        if exc is not None and is_conflict(exc):
-            raise TransactionConflict(str(exc)) from exc
+        """Commit or roll back, and tell `after_commit`; may turn a lost race into
+        TransactionConflict."""

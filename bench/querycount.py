@@ -1,8 +1,9 @@
 """SQL statements per allocation, by phase: counted in a Django process on the bench database.
 
-The web's command (`bus.handle(Allocate)`), one read-your-writes poll, and the worker's run of
-the three deliveries of its `Allocated` event (`bus.deliver_all`), each under
-`connection.execute_wrapper`, with the wall time of each phase (single-threaded, machine idle).
+The web's command (`bus.handle(Allocate)`), one read-your-writes check of the database, and
+worker steps (`runner.deliver`, `runner.run_due`) of one and of thirty `Allocated` events, each
+under `connection.execute_wrapper`, with the wall time of each phase (single-threaded, machine
+idle).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections import Counter
 from django.db import connection
 from allocation.bootstrap import bootstrap, READ_MODEL_HANDLERS
 from allocation.domain import commands
-from allocation.outbox import wait_for_deliveries
+from allocation.unit_of_work import Receipt
+from allocation.wakeups import wait_for_deliveries
 
 class Log:
     def __init__(self):
@@ -41,25 +43,29 @@ def measured(fn, repeat):
     return {"statements": dict(logs[-1].kinds), "total": sum(logs[-1].kinds.values()),
             "median_ms": round(1000 * times[len(times) // 2], 2)}
 
-lost = []
-bus = bootstrap(dispatch=lost.extend)
+wiring = bootstrap(wake=[].extend)
 sku = "SPREAD-0"
-ids = []
+receipts = []
 result = {}
-cids = []
 def command(i):
-    cid = str(uuid.uuid4())
-    cids.append(cid)
-    lost.clear()
-    bus.handle(commands.Allocate(f"qc-{uuid.uuid4().hex}", sku, 1), correlation_id=cid)
-    ids.append(list(lost))
+    receipt = Receipt(str(uuid.uuid4()))
+    receipts.append(receipt)
+    wiring.bus.handle(
+        commands.Allocate(f"qc-{uuid.uuid4().hex}", sku, 1), receipt.correlation_id, receipt
+    )
 result["web: bus.handle(Allocate)"] = measured(command, 30)
 def poll(i):
-    wait_for_deliveries(cids[i], READ_MODEL_HANDLERS, 0)
-result["web: one read-your-writes poll"] = measured(poll, 30)
-def deliver(i):
-    bus.deliver_all(ids[i])
-result["worker: deliver_all (3 deliveries of one Allocated)"] = measured(deliver, 30)
+    wait_for_deliveries(receipts[i], READ_MODEL_HANDLERS, 0, wakeups=None)
+result["web: one read-your-writes check of the database"] = measured(poll, 30)
+def step_of_one(i):
+    wiring.runner.deliver([d.id for d in receipts[i].deliveries])
+result["worker: a step of one Allocated (3 deliveries)"] = measured(step_of_one, 30)
+for i in range(30):
+    command(30 + i)
+def step_of_thirty(i):
+    if i == 0:
+        wiring.runner.run_due()
+result["worker: one step of 30 Allocated (90 deliveries)"] = measured(step_of_thirty, 1)
 print("QUERYCOUNT " + json.dumps(result))
 """
 

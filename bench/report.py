@@ -81,18 +81,18 @@ def profile_summary(path: Path, top: int = 15) -> dict:
 
 # Where a sample is, in the service's own terms: the first label whose marker is on the stack.
 PHASES = (
-    ("web: read-your-writes wait (checks of the deliveries, wake-up)", "wait_for_deliveries"),
-    ("Celery publish after commit (worker: of follow-up commands)", "dispatch_committed"),
+    ("web: read-your-writes wait (ring, checks of the deliveries)", "wait_for_deliveries"),
+    ("wake-up after commit (doorbell, Celery publish)", "wake_workers"),
     ("web: token authentication", "authenticate"),
     ("web: the command's transaction (bus.handle)", "MessageBus.handle"),
     ("web: request parsing, DRF and Django around the view", "rest_framework"),
-    ("worker: count attempts (one UPDATE, then the events)", "DjangoDeliveryRepository.start"),
-    ("worker: claim deliveries (SELECT ... FOR UPDATE)", "DjangoDeliveryRepository.claim"),
-    ("worker: projection bodies (read-model SQL)", "readmodels/projections"),
-    ("worker: notification bodies (Redis PUBLISH, XADD, email)", "notifications/"),
+    ("worker: take due deliveries (one UPDATE ... RETURNING)", "take_due"),
+    ("worker: lock deliveries run alone (SELECT ... FOR UPDATE)", "DjangoDeliveryRepository.lock"),
+    ("worker: projections applied as sets (read-model SQL)", "readmodels/projections"),
+    ("worker: notification bodies (Redis pipeline, email)", "notifications/"),
     ("worker: mark deliveries done", "mark_done"),
-    ("worker: savepoints, commits, dispatch of follow-ups", "MessageBus._run_together"),
-    ("worker: savepoints, commits, dispatch of follow-ups", "MessageBus._run_alone"),
+    ("worker: transactions of a step, follow-ups", "DeliveryRunner._run_group"),
+    ("worker: transactions of a step, follow-ups", "DeliveryRunner._run_alone"),
     ("worker: Celery task machinery (receive, ack, trace)", "celery/"),
     ("web: gunicorn and Django around the view", "gunicorn/"),
 )

@@ -217,17 +217,19 @@ ALLOCATION_WEB_LOCK_TIMEOUT = env.float("ALLOCATION_WEB_LOCK_TIMEOUT", default=5
 ALLOCATION_WEB_STATEMENT_TIMEOUT = env.float("ALLOCATION_WEB_STATEMENT_TIMEOUT", default=20.0)
 # Bounded retries for a command that lost a race on the same product (serialisation, deadlock).
 ALLOCATION_COMMAND_RETRIES = env.int("ALLOCATION_COMMAND_RETRIES", default=5)
-# One broker message per commit that carries all its deliveries (True), or one per delivery.
-ALLOCATION_DISPATCH_PER_COMMIT = env.bool("ALLOCATION_DISPATCH_PER_COMMIT", default=True)
 # Failed deliveries: exponential backoff with jitter, then parked as dead.
 ALLOCATION_DELIVERY_MAX_ATTEMPTS = env.int("ALLOCATION_DELIVERY_MAX_ATTEMPTS", default=8)
 ALLOCATION_DELIVERY_BACKOFF_BASE = env.float("ALLOCATION_DELIVERY_BACKOFF_BASE", default=1.0)
 ALLOCATION_DELIVERY_BACKOFF_MAX = env.float("ALLOCATION_DELIVERY_BACKOFF_MAX", default=600.0)
-# A dispatched delivery still pending after this many seconds is taken again by the sweeper.
+# A worker step takes at most this many due deliveries at once (allocation/delivery.py).
+ALLOCATION_DELIVERY_BATCH = env.int("ALLOCATION_DELIVERY_BATCH", default=500)
+# A step holds the deliveries it took this long; if it dies, they are due again after it.
 ALLOCATION_DELIVERY_LEASE = env.float("ALLOCATION_DELIVERY_LEASE", default=30.0)
+# Beat has a worker run a step this often: the safety net for lost wake-ups and leases.
 ALLOCATION_SWEEP_INTERVAL = env.float("ALLOCATION_SWEEP_INTERVAL", default=5.0)
-ALLOCATION_SWEEP_BATCH = env.int("ALLOCATION_SWEEP_BATCH", default=2000)
-ALLOCATION_SWEEP_CHUNK = env.int("ALLOCATION_SWEEP_CHUNK", default=100)
+# /health/ says "degraded" once the oldest due delivery has waited longer than this (seconds):
+# deliveries are stuck, not merely busy.
+ALLOCATION_STALLED_AFTER = env.float("ALLOCATION_STALLED_AFTER", default=60.0)
 if (
     max(CELERY_TASK_TIME_LIMIT, ALLOCATION_DELIVERY_BACKOFF_MAX)
     >= (CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -67,39 +69,53 @@ class EmailNotifications:
         )
 
 
-class RedisPublisher:
-    """Publishes a JSON message on a Redis pub/sub channel."""
+class RedisChannels:
+    """Redis pub/sub and the stream of all events, on one connection.
 
-    def __init__(self, url: str):
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    `publish(channel, message)` (callable) publishes a JSON message; `append(...)` adds an event
+    to the stream that integrators read with consumer groups. Unlike pub/sub, a stream keeps its
+    entries, so a reader that was offline catches up; it is trimmed (approximately) to `maxlen`
+    entries. Entries are at-least-once: a reader drops a repeated `event_id`.
 
-    def __call__(self, channel: str, message: dict[str, Any]) -> None:
-        self.client.publish(channel, json.dumps(message))
-
-
-class RedisEventStream:
-    """Appends events to a Redis stream that integrators read with consumer groups.
-
-    Unlike pub/sub, a stream keeps its entries, so a reader that was offline catches up. It is
-    trimmed (approximately) to `maxlen` entries. Entries are at-least-once: a reader drops a
-    repeated `event_id`.
+    Inside `pipelined()` the calls are queued and sent together, in one round trip, when the
+    block exits without an error.
     """
 
-    def __init__(self, url: str, name: str, maxlen: int):
+    def __init__(self, url: str, stream: str, maxlen: int):
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self.name, self.maxlen = name, maxlen
+        self.stream, self.maxlen = stream, maxlen
+        self._pipeline: ContextVar[Any] = ContextVar(f"pipeline-{id(self)}", default=None)
+
+    def __call__(self, channel: str, message: dict[str, Any]) -> None:
+        self._target().publish(channel, json.dumps(message))
 
     def append(self, event_id: str, type_name: str, payload: dict[str, Any]) -> None:
-        self.client.xadd(
-            self.name,
+        self._target().xadd(
+            self.stream,
             {"event_id": event_id, "type": type_name, "payload": json.dumps(payload)},
             maxlen=self.maxlen,
             approximate=True,
         )
 
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        pipe = self.client.pipeline(transaction=False)
+        token = self._pipeline.set(pipe)
+        try:
+            yield
+        finally:
+            self._pipeline.reset(token)
+        if len(pipe):
+            pipe.execute()
+
+    def _target(self) -> Any:
+        return self._pipeline.get() or self.client
+
 
 class LogPublisher:
     """Stands in for Redis when no REDIS_URL is configured (the embedded default)."""
+
+    pipelined = staticmethod(contextlib.nullcontext)
 
     def __call__(self, channel: str, message: dict[str, Any]) -> None:
         logger.info("publish %s %s", channel, json.dumps(message))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from allocation.domain import events
-from notifications.adapters import EmailNotifications, RedisEventStream
+from notifications.adapters import EmailNotifications, RedisChannels
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -36,8 +36,6 @@ def publish_allocated_event(event: events.Allocated, publish: Publish, event_id:
     )
 
 
-def append_to_event_stream(
-    event: events.Event, event_stream: RedisEventStream, event_id: str
-) -> None:
+def append_to_event_stream(event: events.Event, event_stream: RedisChannels, event_id: str) -> None:
     """Every domain event, in the durable stream integrators read (`allocation.events`)."""
     event_stream.append(event_id, type(event).__name__, event.to_dict())

@@ -20,7 +20,12 @@ STATUS_COLOURS = {
 
 
 def handler_short_name(handler: str) -> str:
-    return handler.rsplit(".", 1)[-1]
+    """A handler's name as staff read it: "read_model.add_allocation" -> "read model: add
+    allocation"; a plugin's dotted path keeps its last part."""
+    where, _, what = handler.rpartition(".")
+    if "." in where:
+        return what
+    return f"{where.replace('_', ' ')}: {what.replace('_', ' ')}" if where else what
 
 
 def status_badge(status: str) -> str:
@@ -134,7 +139,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def retry_dead(self, request, queryset):
         selected = list(queryset.values_list("pk", flat=True))
         ids = sweeper.retry(selected)
-        get_bus().dispatch_committed(ids)
+        get_bus().wake_workers(ids)
         self.message_user(request, f"Retrying {len(ids)} dead deliveries.", messages.SUCCESS)
         self.report_not_dead(request, len(selected) - len(ids))
 

@@ -15,11 +15,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from allocation.api.commands import run_command
 from allocation.api.serializers import AddBatchCompatSerializer, AllocateCompatSerializer
-from allocation.apps import get_bus
-from allocation.bootstrap import READ_MODEL_HANDLERS
 from allocation.domain import commands
-from allocation.outbox import wait_for_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +35,9 @@ class CommandApi(APIView):
     def handle(self, request: Request, command: commands.Command):
         """Run the command, then wait for its projections (read-your-writes)."""
         cid = correlation_id(request)
-        result = get_bus().handle(command, correlation_id=cid)
         timeout = settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT
-        if not wait_for_deliveries(cid, READ_MODEL_HANDLERS, timeout):
+        result, applied = run_command(command, cid, timeout)
+        if not applied:
             logger.warning("read models not updated within %.1fs for %s", timeout, cid)
         return result
 

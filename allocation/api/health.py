@@ -1,9 +1,9 @@
 """`GET /health/`: is this web process ready to serve? Public, for load balancers and probes.
 
-Ready means the database answers: every request needs it. The broker and the outbox backlog
-are reported but do not make the service unready: with the broker down a write still commits
-and its events wait in the outbox for the sweeper (DESIGN.md section 4), so the answer is 200
-with `"status": "degraded"`.
+Ready means the database answers: every request needs it. The broker and the outbox are
+reported but do not make the service unready: with the broker down, or deliveries stalled, a
+write still commits and its events wait in the outbox (docs/architecture.md), so the answer is
+200 with `"status": "degraded"`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -21,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from allocation.models import Delivery
+from allocation.metrics import outbox_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +42,15 @@ def check_broker() -> dict[str, Any]:
 
 
 def check_outbox() -> dict[str, Any]:
-    """Pending deliveries past due: dispatches that were lost or are waiting for the sweeper."""
-    backlog = Delivery.objects.filter(
-        status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now()
-    ).count()
-    return {"ok": True, "backlog": backlog}
+    """Due deliveries (pending, past their lease or backoff), and how long the oldest has been
+    due: not ok when that is longer than ALLOCATION_STALLED_AFTER, i.e. nobody takes them (no
+    worker, a worker that cannot reach the database, a broker that is down)."""
+    backlog, oldest = outbox_backlog()
+    return {
+        "ok": oldest <= settings.ALLOCATION_STALLED_AFTER,
+        "backlog": backlog,
+        "oldest_due_seconds": round(oldest, 1),
+    }
 
 
 # name -> (check, whether the service is unready without it)
@@ -62,7 +65,8 @@ class HealthCheckSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "degraded", "unavailable"])
     checks = serializers.DictField(
         child=serializers.DictField(),
-        help_text='Per check: {"ok": bool, "detail"?: str, "backlog"?: int}',
+        help_text='Per check: {"ok": bool, "detail"?: str, "backlog"?: int, '
+        '"oldest_due_seconds"?: float}',
     )
 
 
@@ -88,6 +92,7 @@ class HealthCheckApi(APIView):
         for name, (check, required) in CHECKS.items():
             try:
                 results[name] = check()
+                healthy = healthy and results[name]["ok"]
             except Exception as exc:  # a failed check is a finding, not an error
                 logger.warning("health check %s failed: %s", name, exc)
                 # Public endpoint: the error's class only; its message (hosts...) goes to the log.

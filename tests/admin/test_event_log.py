@@ -67,8 +67,8 @@ def test_following_a_chain_from_an_event(admin_client, chain):
     # the payload, pretty-printed
     assert '<pre class="payload">{\n  &quot;batchref&quot;: &quot;ship&quot;,' in page.text
     # its deliveries, one per handler, with their status
-    assert "add_allocation_to_read_model" in page.text
-    assert "publish_allocated_event" in page.text
+    assert "read model: add allocation" in page.text
+    assert "redis: publish line allocated" in page.text
     assert page.text.count(">done</span>") == realloc.deliveries.count() >= 2
     # one step back: the Deallocated event was caused by the command, and led to the Allocated
     cause = admin_client.get(event_url(dealloc))
@@ -113,7 +113,7 @@ def test_the_event_log_finds_an_event_by_its_id(admin_client, chain):
 @pytest.fixture
 def dead_delivery(chain):
     delivery = orm.Delivery.objects.get(
-        event=chain["realloc"], handler__endswith="publish_allocated_event"
+        event=chain["realloc"], handler="redis.publish_line_allocated"
     )
     orm.Delivery.objects.filter(pk=delivery.pk).update(
         status="dead",
@@ -131,7 +131,7 @@ def test_the_delivery_list_is_readable(admin_client, dead_delivery):
     assert page.text.count('class="action-select"') == 1
     assert f'<a href="{event_url(dead_delivery.event)}">Allocated</a><br>' in page.text
     assert "DESK v5" in page.text
-    assert ">publish_allocated_event</span>" in page.text
+    assert ">redis: publish line allocated</span>" in page.text
     assert ">dead</span>" in page.text
     assert "redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:6379." in (
         page.text

@@ -127,9 +127,9 @@ def test_a_lock_held_past_the_lock_timeout_is_a_clean_503_and_the_retry_succeeds
 
 @pytest.fixture
 def database_lost_after_commit(monkeypatch):
-    """Right after each command commits, the database goes away (the dispatch is the first
+    """Right after each command commits, the database goes away (waking a worker is the first
     thing after the commit); its deliveries stay pending, as they would with no worker."""
-    monkeypatch.setattr(get_bus(), "dispatch", lambda delivery_ids: break_this_connection())
+    monkeypatch.setattr(get_bus(), "wake", lambda deliveries: break_this_connection())
 
 
 def test_a_committed_book_allocation_answers_202_when_the_database_goes_during_the_wait(

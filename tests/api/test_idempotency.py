@@ -89,7 +89,7 @@ def test_busy_is_a_503_with_retry_after_and_is_not_kept(allocator, monkeypatch):
     bus = get_bus()
     real_handle = bus.handle
 
-    def conflicted(command, correlation_id=None):
+    def conflicted(command, correlation_id=None, receipt=None):
         raise TransactionConflict("lost the race every time")
 
     monkeypatch.setattr(bus, "handle", conflicted)
@@ -125,13 +125,13 @@ def test_two_concurrent_first_requests_with_one_key_get_one_answer(allocator, mo
         finally:
             connections.close_all()
 
-    def handle_after_the_rival(command, correlation_id=None):
+    def handle_after_the_rival(command, correlation_id=None, receipt=None):
         if "rival" not in answers:  # the first request, between its lookup and its command
             answers["rival"] = None
             thread = threading.Thread(target=rival)
             thread.start()
             thread.join()
-        return real_handle(command, correlation_id=correlation_id)
+        return real_handle(command, correlation_id=correlation_id, receipt=receipt)
 
     monkeypatch.setattr(bus, "handle", handle_after_the_rival)
     first = post(allocator, "/api/v1/batches", body, "k")

@@ -43,7 +43,7 @@ def test_metrics_count_commands_requests_and_deliveries(anonymous, allocator, ba
     assert (
         grew(
             "allocation_deliveries_run_total",
-            handler="readmodels.projections.add_allocation_to_read_model",
+            handler="read_model.add_allocation",
             outcome="done",
         )
         == 1

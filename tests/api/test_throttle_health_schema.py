@@ -8,7 +8,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from allocation.api import health
-from allocation.apps import get_bus
+from allocation.apps import get_bus, get_runner
 from allocation.models import Delivery
 from tests.api.conftest import error_code
 
@@ -52,22 +52,34 @@ def test_health_is_public_and_ready(anonymous):
     assert body["status"] == "ok"
     assert body["checks"]["database"] == {"ok": True}
     assert body["checks"]["broker"]["ok"] is True
-    assert body["checks"]["outbox"] == {"ok": True, "backlog": 0}
+    assert body["checks"]["outbox"] == {"ok": True, "backlog": 0, "oldest_due_seconds": 0}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_health_counts_pending_deliveries_past_due(anonymous, batch, monkeypatch):
-    monkeypatch.setattr(get_bus(), "dispatch", lambda ids: None)  # the broker lost them
+def test_health_reports_the_backlog_and_turns_degraded_when_deliveries_stall(
+    anonymous, batch, monkeypatch, settings
+):
+    monkeypatch.setattr(get_bus(), "wake", lambda deliveries: None)  # the wake-ups are lost
+    settings.ALLOCATION_STALLED_AFTER = 60
     batch("b1", "LAMP", 1)
     pending = Delivery.objects.filter(status="pending")
-    assert pending.exists()
-    # within their lease they are not due yet: the sweeper would not take them either
-    assert anonymous.get("/health/").json()["checks"]["outbox"]["backlog"] == 0
+    outbox = anonymous.get("/health/").json()["checks"]["outbox"]
+    # Due from their commit on; waiting for a moment is being busy, not being stuck.
+    assert outbox["ok"] is True
+    assert outbox["backlog"] == pending.count() > 0
+    assert 0 <= outbox["oldest_due_seconds"] < 60
 
-    pending.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
-    response = anonymous.get("/health/")
-    assert response.status_code == 200
-    assert response.json()["checks"]["outbox"]["backlog"] == pending.count()
+    pending.update(next_attempt_at=timezone.now() - timedelta(seconds=90))  # nobody took them
+    stalled = anonymous.get("/health/")
+    assert stalled.status_code == 200  # writes still commit: degraded, not unavailable
+    assert stalled.json()["status"] == "degraded"
+    assert stalled.json()["checks"]["outbox"]["ok"] is False
+    assert stalled.json()["checks"]["outbox"]["oldest_due_seconds"] >= 90
+
+    get_runner().run_due()  # deliveries flow again
+    healthy = anonymous.get("/health/").json()
+    assert healthy["status"] == "ok"
+    assert healthy["checks"]["outbox"] == {"ok": True, "backlog": 0, "oldest_due_seconds": 0}
 
 
 @pytest.mark.django_db

@@ -7,7 +7,6 @@ nothing for any other order, so that the rest of the stack's traffic flows norma
 from __future__ import annotations
 
 import logging
-import time
 
 from django.db import connection
 
@@ -17,17 +16,23 @@ logger = logging.getLogger(__name__)
 
 SLOW_PREFIX = "slow-"
 FAIL_PREFIX = "fail-"
-SLOW_SECONDS = 3.0
 EFFECTS_TABLE = "e2e_effects"
 
 
+def gate_key(orderid: str) -> int:
+    """The advisory lock a test holds to keep `slow_effect` of `orderid` waiting."""
+    return sum(map(ord, orderid)) % 2**31
+
+
 def slow_effect(event: events.Allocated, event_id: str) -> None:
-    """A slow handler with a database effect: it commits with the delivery's done-mark."""
+    """A handler with a database effect, which commits with the delivery's done-mark, and
+    which waits, inside its transaction, for as long as a test holds its gate (an advisory
+    lock): the test decides when it goes on, or kills the worker while it waits."""
     if not event.orderid.startswith(SLOW_PREFIX):
         return
     logger.warning("slow effect started %s", event.orderid)
-    time.sleep(SLOW_SECONDS)
     with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [gate_key(event.orderid)])
         cursor.execute(
             f"INSERT INTO {EFFECTS_TABLE} (event_id, orderid) VALUES (%s, %s)",
             [event_id, event.orderid],

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,12 +69,15 @@ def fail(message: str, pytrace: bool = True) -> NoReturn:
     raise HarnessError(message)
 
 
-def database_url(database: str) -> str:
-    return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+def database_url(database: str, port: int = PG_PORT) -> str:
+    return f"postgres://{PG_USER}@{PG_HOST}:{port}/{database}"
 
 
 def stack_env(
-    database: str = DB_NAME, redis_url: str = REDIS_URL, overrides: Mapping[str, str] = ()
+    database: str = DB_NAME,
+    redis_url: str = REDIS_URL,
+    overrides: Mapping[str, str] = (),
+    pg_port: int = PG_PORT,
 ) -> dict[str, str]:
     """The environment of a stack's children: this process's, minus the service's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_PREFIXES)}
@@ -83,7 +87,7 @@ def stack_env(
             "DJANGO_SECRET_KEY": "e2e",
             "DJANGO_DEBUG": "0",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DATABASE_URL": database_url(database),
+            "DATABASE_URL": database_url(database, pg_port),
             "REDIS_URL": redis_url,
             # A broker makes tasks go to the worker; eager mode is switched off explicitly too.
             "CELERY_BROKER_URL": redis_url,
@@ -154,6 +158,7 @@ class Process:
     env: dict[str, str] = field(default_factory=child_env)
     popen: subprocess.Popen | None = None
     log_dir: Path = ARTIFACTS
+    user: str | None = None  # run as this user (a PostgreSQL server will not run as root)
 
     @property
     def stdout_path(self) -> Path:
@@ -172,7 +177,13 @@ class Process:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             # A session of its own, so that stopping it also reaches its worker children.
             self.popen = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=True
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                user=self.user,
             )
         RUNNING.append(self)
         return self
@@ -271,14 +282,14 @@ def run_once(name: str, *args: str, timeout: float = 60.0, **kw: Any) -> str:
 # --- external services --------------------------------------------------------------------------
 
 
-def require_postgres() -> None:
+def require_postgres(port: int = PG_PORT) -> None:
     try:
         psycopg.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3
+            host=PG_HOST, port=port, user=PG_USER, dbname="postgres", connect_timeout=3
         ).close()
     except psycopg.Error as exc:
         fail(
-            f"PostgreSQL is not reachable at {PG_USER}@{PG_HOST}:{PG_PORT} (the e2e tests need "
+            f"PostgreSQL is not reachable at {PG_USER}@{PG_HOST}:{port} (the e2e tests need "
             f"it; they do not skip): {exc}",
             pytrace=False,
         )
@@ -296,20 +307,18 @@ def require_redis(url: str = REDIS_URL) -> redis.Redis:
     return client
 
 
-def recreate_database(name: str = DB_NAME) -> None:
+def recreate_database(name: str = DB_NAME, port: int = PG_PORT) -> None:
     assert re.fullmatch(r"\w+", name), f"not a plain database name: {name!r}"
     with psycopg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
+        host=PG_HOST, port=port, user=PG_USER, dbname="postgres", autocommit=True
     ) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
 
 
-def connect(database: str = DB_NAME) -> psycopg.Connection:
+def connect(database: str = DB_NAME, port: int = PG_PORT) -> psycopg.Connection:
     """An autocommit connection to a stack's database, to check what the stack wrote."""
-    return psycopg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database, autocommit=True
-    )
+    return psycopg.connect(host=PG_HOST, port=port, user=PG_USER, dbname=database, autocommit=True)
 
 
 LOCK_TIMEOUT = 120.0
@@ -395,6 +404,103 @@ class PrivateRedis:
         for server in self.servers:
             server.stop()
         self.client.close()
+
+
+def postgres_binary(name: str) -> str:
+    """A PostgreSQL server program (initdb, postgres): on PATH, or Debian's newest."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+    )
+    if not candidates:
+        fail(f"no {name} on PATH or under /usr/lib/postgresql (install postgresql)", pytrace=False)
+    return str(candidates[-1])
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of one's own, on a free port, that a test may stop, restart or
+    kill without disturbing the shared server.
+
+    `initdb` into a temporary folder (as the `postgres` user when run as root: the server
+    refuses root), trust authentication for `postgres`, fsync off (nothing here outlives the
+    test; an immediate stop still loses what was not yet written).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path = ARTIFACTS,
+        name: str = "private-postgres",
+        settings: Mapping[str, str] = (),
+    ):
+        self.port = free_port()
+        self.log_dir, self.name = log_dir, name
+        self.settings = {"fsync": "off", "max_connections": "100", **dict(settings)}
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="allocation-pg-"))
+        self.data = self.root / "data"
+        self.servers: list[Process] = []
+        if self.user:
+            shutil.chown(self.root, self.user)
+        initdb = Process(
+            f"{name}-initdb",
+            [postgres_binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", PG_USER],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+            log_dir=log_dir,
+            user=self.user,
+        ).start()
+        RUNNING.remove(initdb)
+        if initdb.popen.wait(120) != 0:
+            fail(f"initdb failed\n{logs_report([initdb])}", pytrace=False)
+
+    @property
+    def server(self) -> Process | None:
+        return self.servers[-1] if self.servers else None
+
+    def start(self, timeout: float = 30.0) -> Process:
+        argv = [postgres_binary("postgres"), "-D", str(self.data), "-p", str(self.port)]
+        argv += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}"]
+        for key, value in self.settings.items():
+            argv += ["-c", f"{key}={value}"]
+        server = Process(
+            f"{self.name}-{len(self.servers)}",
+            argv,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+            log_dir=self.log_dir,
+            user=self.user,
+        ).start()
+        self.servers.append(server)
+        wait_until(self.answers, timeout, f"PostgreSQL on port {self.port} to answer")
+        return server
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: `fast` (what a restart does: clients are cut off, transactions
+        rolled back) or `immediate` (a crash: no checkpoint, unwritten WAL is lost)."""
+        if self.server is not None:
+            self.server.stop({"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode])
+
+    def restart(self, down_for: float = 0.0, mode: str = "fast") -> None:
+        self.stop(mode)
+        time.sleep(down_for)  # the outage itself is what is under test
+        self.start()
+
+    def running(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    def answers(self) -> bool:
+        try:
+            psycopg.connect(
+                host=PG_HOST, port=self.port, user=PG_USER, dbname="postgres", connect_timeout=2
+            ).close()
+            return True
+        except psycopg.Error:
+            return False
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # --- the HTTP client ----------------------------------------------------------------------------
@@ -563,6 +669,7 @@ class StackConfig:
     """What a stack runs, and where: its database, its Redis, its settings and its logs."""
 
     database: str = DB_NAME
+    pg_port: int = PG_PORT  # a PrivatePostgres's port for a stack of its own
     redis_url: str = REDIS_URL  # broker and pub/sub; a PrivateRedis's url for a stack of its own
     env: Mapping[str, str] = field(default_factory=dict)  # settings overrides (ALLOCATION_* ...)
     processes: Sequence[str] = ("web", "worker", "consumer")
@@ -583,7 +690,7 @@ class Stack:
 
     def __init__(self, config: StackConfig):
         self.config = config
-        self.env = stack_env(config.database, config.redis_url, config.env)
+        self.env = stack_env(config.database, config.redis_url, config.env, config.pg_port)
         self.log_dir = ARTIFACTS_ROOT / config.artifacts
         self.port = free_port()
         self.processes: dict[str, Process] = {}
@@ -714,7 +821,7 @@ class Stack:
         )
 
     def connect(self) -> psycopg.Connection:
-        return connect(self.config.database)
+        return connect(self.config.database, self.config.pg_port)
 
     def manage(
         self,
@@ -738,7 +845,7 @@ class Stack:
 
     def prepare(self) -> None:
         """A fresh database (migrated, with an API user) and an empty Redis db; no processes."""
-        require_postgres()
+        require_postgres(self.config.pg_port)
         client = require_redis(self.config.redis_url)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Old logs go, except those of children already running (a PrivateRedis, say).
@@ -746,7 +853,7 @@ class Stack:
         for old in [*self.log_dir.glob("*.log"), *self.log_dir.glob("celerybeat-schedule*")]:
             if old not in keep:
                 old.unlink()
-        recreate_database(self.config.database)
+        recreate_database(self.config.database, self.config.pg_port)
         if self.config.flush_redis:
             client.flushdb()
         client.close()

@@ -78,7 +78,7 @@ MIX = {
     "read_order": 7,
 }
 REMOVALS = ("Deallocated", "AllocationCancelled")
-REALLOCATE = "allocation.handlers.reallocate"
+REALLOCATE = "allocation.reallocate"
 
 
 @dataclass

@@ -25,6 +25,13 @@ def bus():
 
 
 @pytest.fixture
+def runner():
+    from allocation.apps import get_runner
+
+    return get_runner()
+
+
+@pytest.fixture
 def redis_client():
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.ping()  # fail, never skip, when Redis is missing

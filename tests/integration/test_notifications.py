@@ -37,14 +37,14 @@ def scripted_smtp(settings):
 def out_of_stock(bus, orderid="o1"):
     bus.handle(commands.CreateBatch(f"b-{orderid}", "VASE", 1, None))
     assert bus.handle(commands.Allocate(orderid, "VASE", 5)) is None
-    return orm.Delivery.objects.get(handler__endswith="send_out_of_stock_notification")
+    return orm.Delivery.objects.get(handler="email.out_of_stock")
 
 
-def test_one_email_per_event_even_when_the_delivery_runs_again(bus):
+def test_one_email_per_event_even_when_the_delivery_runs_again(bus, runner):
     delivery = out_of_stock(bus)
 
     orm.Delivery.objects.filter(pk=delivery.pk).update(status="pending")  # redelivered
-    bus.deliver(delivery.pk)
+    runner.deliver([delivery.pk])
 
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
@@ -58,7 +58,7 @@ def test_one_email_per_event_even_when_the_delivery_runs_again(bus):
     assert sent.recipients == message.to
 
 
-def test_a_transient_smtp_error_is_retried_by_the_delivery(bus, scripted_smtp):
+def test_a_transient_smtp_error_is_retried_by_the_delivery(bus, runner, scripted_smtp):
     scripted_smtp.append(smtplib.SMTPResponseException(421, b"try again later"))
 
     delivery = out_of_stock(bus)
@@ -66,7 +66,7 @@ def test_a_transient_smtp_error_is_retried_by_the_delivery(bus, scripted_smtp):
     assert (delivery.status, delivery.attempts) == ("pending", 1)
     assert "421" in delivery.last_error
     assert not Notification.objects.exists()
-    bus.deliver(delivery.pk)  # the retry, once the backoff is over
+    runner.deliver([delivery.pk])  # the retry, once the backoff is over
     delivery.refresh_from_db()
     assert delivery.status == "done"
     assert Notification.objects.get().status == "sent"

@@ -59,7 +59,8 @@ def test_allocating_costs_the_same_with_10_or_2000_past_allocations(bus):
 
 
 def test_shrinking_a_batch_reads_only_the_lines_that_must_go(bus):
-    from allocation.unit_of_work import DjangoUnitOfWork, MessageContext
+    from allocation.django_unit_of_work import DjangoUnitOfWork
+    from allocation.unit_of_work import MessageContext
 
     given_history("BIG", 2000)
     log = QueryLog()

@@ -6,8 +6,9 @@ import pytest
 
 from allocation import models as orm
 from allocation.bootstrap import bootstrap
+from allocation.django_unit_of_work import DjangoUnitOfWork
 from allocation.domain.model import OrderLine, Product
-from allocation.unit_of_work import DjangoUnitOfWork, MessageContext
+from allocation.unit_of_work import MessageContext
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -15,7 +16,7 @@ CONTEXT = MessageContext(correlation_id="corr-1", causation_id="cause-1")
 
 
 def new_uow():
-    return DjangoUnitOfWork(bootstrap().subscriptions, CONTEXT)
+    return DjangoUnitOfWork(bootstrap().bus.subscriptions, CONTEXT)
 
 
 def test_a_product_round_trips_with_its_batches_and_the_named_line():
@@ -121,8 +122,10 @@ def test_outbox_rows_commit_with_the_aggregate():
     }
     assert (allocated.correlation_id, allocated.causation_id) == ("corr-1", "cause-1")
     handlers = set(allocated.deliveries.values_list("handler", flat=True))
-    assert handlers == set(bootstrap().subscriptions["Allocated"])
-    assert set(uow.new_deliveries) == set(orm.Delivery.objects.values_list("pk", flat=True))
+    assert handlers == set(bootstrap().bus.subscriptions["Allocated"])
+    assert {d.id for d in uow.new_deliveries} == set(
+        orm.Delivery.objects.values_list("pk", flat=True)
+    )
 
 
 def test_the_database_refuses_an_over_allocated_batch():

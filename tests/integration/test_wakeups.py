@@ -1,45 +1,55 @@
-"""Read-your-writes on PostgreSQL and Redis: the worker's ring wakes the waiting web process."""
+"""Wake-ups on PostgreSQL and Redis: the doorbell that saves broker messages, and the ring that
+ends a read-your-writes wait without asking the database.
+
+No test here measures time: each waits for what it checks, with a slice or timeout far longer
+than the test needs, and tells the ring from the database by the queries the wait made.
+"""
 
 import threading
-import time
 
 import pytest
+from django.conf import settings
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from allocation import outbox
+from allocation import wakeups
 from allocation.bootstrap import READ_MODEL_HANDLERS, bootstrap
 from allocation.domain import commands
 from allocation.models import Delivery
-from allocation.outbox import wait_for_deliveries
-from allocation.wakeups import KEY, RedisWakeups
+from allocation.unit_of_work import Receipt
+from allocation.wakeups import DOORBELL, RING, RedisWakeups, wait_for_deliveries
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def undelivered():
-    """A bus whose commits are not dispatched, and the deliveries it left: call it with a
-    correlation id to allocate under it."""
-    lost: list[int] = []
-    bus = bootstrap(dispatch=lost.extend)
-    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
-    lost.clear()
+def redis_wakeups(redis_client):
+    return RedisWakeups(settings.REDIS_URL)
 
-    def allocate(correlation_id: str, orderid: str = "o1") -> list[int]:
-        bus.handle(commands.Allocate(orderid, "LAMP", 1), correlation_id=correlation_id)
-        ids = list(lost)
-        lost.clear()
-        return ids
 
-    allocate.bus = bus
+@pytest.fixture
+def held(redis_wakeups):
+    """A bus whose commits wake nobody, and whose runner rings through Redis: call it with a
+    correlation id to allocate under it; it returns the commit's receipt."""
+    wiring = bootstrap(
+        wake=[].extend, on_delivered=wakeups.ring_read_models(redis_wakeups, READ_MODEL_HANDLERS)
+    )
+    wiring.bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
+    wiring.runner.run_due()
+
+    def allocate(correlation_id: str, orderid: str = "o1") -> Receipt:
+        receipt = Receipt(correlation_id)
+        command = commands.Allocate(orderid, "LAMP", 1)
+        wiring.bus.handle(command, correlation_id=correlation_id, receipt=receipt)
+        return receipt
+
+    allocate.runner = wiring.runner
     return allocate
 
 
-def later(seconds: float, action) -> threading.Thread:
+def in_thread(action) -> threading.Thread:
     def run():
         try:
-            time.sleep(seconds)
             action()
         finally:
             connections.close_all()
@@ -49,71 +59,138 @@ def later(seconds: float, action) -> threading.Thread:
     return thread
 
 
-def count_polls(context: CaptureQueriesContext) -> int:
+def delivery_queries(context: CaptureQueriesContext) -> int:
     return sum('"allocation_delivery"' in q["sql"] for q in context.captured_queries)
 
 
-def test_the_worker_rings_the_chain_once_its_projection_commits(undelivered, redis_client):
-    ids = undelivered("cid-ring")
-    redis_client.delete(KEY.format("cid-ring"))
-
-    undelivered.bus.deliver_all(ids)
-
-    assert redis_client.lrange(KEY.format("cid-ring"), 0, -1) == [b"1"]  # one ring per commit
-    assert 0 < redis_client.ttl(KEY.format("cid-ring")) <= 60
+def projection_of(receipt: Receipt) -> list[int]:
+    return [d.id for d in receipt.deliveries if d.handler in READ_MODEL_HANDLERS]
 
 
-def test_a_ring_wakes_the_wait_at_once_and_it_does_not_poll(undelivered, redis_client, monkeypatch):
-    monkeypatch.setattr(outbox, "WAKEUP_SLICE", 3.0)  # only the ring can end the wait early
-    ids = undelivered("cid-wake")
-    redis_client.delete(KEY.format("cid-wake"))
-    worker = later(0.15, lambda: undelivered.bus.deliver_all(ids))
+# --- the ring ------------------------------------------------------------------------------------
 
-    started = time.monotonic()
+
+def test_the_worker_rings_the_ids_of_the_projections_it_committed(held, redis_client):
+    redis_client.delete(RING.format("cid-ring"))
+    receipt = held("cid-ring")
+
+    held.runner.run_due()
+
+    rung = redis_client.lrange(RING.format("cid-ring"), 0, -1)
+    assert rung == [str(projection_of(receipt)[0]).encode()]  # one ring per commit, by id
+    assert 0 < redis_client.ttl(RING.format("cid-ring")) <= 60
+
+
+def test_a_ring_ends_the_wait_without_a_question_to_the_database(
+    held, redis_client, redis_wakeups, monkeypatch
+):
+    monkeypatch.setattr(wakeups, "WAIT_SLICE", 30.0)  # only a ring can end the wait early
+    redis_client.delete(RING.format("cid-wake"))
+    receipt = held("cid-wake")
+    worker = in_thread(held.runner.run_due)  # before or during the wait: either is fine
+
     with CaptureQueriesContext(connections["default"]) as queries:
-        assert wait_for_deliveries("cid-wake", READ_MODEL_HANDLERS, timeout=5)
-    took = time.monotonic() - started
-    worker.join()
+        assert wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 60, wakeups=redis_wakeups)
+    worker.join(60)
 
-    assert 0.1 < took < 1.0
-    # Polling with growing pauses would have asked about 7 times in 0.15 s.
-    assert count_polls(queries) == 2  # before blocking, and once woken
+    assert delivery_queries(queries) == 0  # the ring is proof
+    assert not Delivery.objects.filter(pk__in=projection_of(receipt), status="pending").exists()
 
 
-def test_without_a_ring_the_wait_looks_again_after_each_slice(undelivered):
-    ids = undelivered("cid-silent")
+def test_a_ring_for_other_deliveries_of_the_same_chain_does_not_end_the_wait(
+    held, redis_client, redis_wakeups, monkeypatch
+):
+    monkeypatch.setattr(wakeups, "WAIT_SLICE", 0.2)
+    redis_client.delete(RING.format("cid-shared"))
+    receipt = held("cid-shared")
+    redis_wakeups.ring({"cid-shared": [10**9]})  # an older request that used the same id
+
+    assert not wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 0.5, wakeups=redis_wakeups)
+
+
+def test_without_a_ring_the_wait_asks_the_database_after_a_slice(held, redis_wakeups, monkeypatch):
+    monkeypatch.setattr(wakeups, "WAIT_SLICE", 0.2)
+    receipt = held("cid-silent")
     # Done behind the wait's back, with no ring (a worker that died between commit and ring).
-    worker = later(0.1, lambda: Delivery.objects.filter(pk__in=ids).update(status="done"))
-    started = time.monotonic()
-    assert wait_for_deliveries("cid-silent", READ_MODEL_HANDLERS, timeout=5)
-    worker.join()
-    assert time.monotonic() - started < 0.6  # one slice (0.25 s), not the whole timeout
+    Delivery.objects.filter(pk__in=projection_of(receipt)).update(status="done")
 
-
-def test_with_redis_gone_the_wait_falls_back_to_polling(undelivered):
-    ids = undelivered("cid-no-redis")
-    unreachable = RedisWakeups("redis://127.0.0.1:1/0")  # nothing listens on port 1
-
-    worker = later(0.2, lambda: Delivery.objects.filter(pk__in=ids).update(status="done"))
-    started = time.monotonic()
-    assert wait_for_deliveries("cid-no-redis", READ_MODEL_HANDLERS, timeout=5, wakeups=unreachable)
-    worker.join()
-    assert time.monotonic() - started < 1.0
-
-
-def test_a_wait_with_nothing_to_wait_for_asks_once_and_never_blocks(undelivered):
-    ids = undelivered("cid-done")
-    undelivered.bus.deliver_all(ids)
-
-    started = time.monotonic()
     with CaptureQueriesContext(connections["default"]) as queries:
-        assert wait_for_deliveries("cid-done", READ_MODEL_HANDLERS, timeout=5)
-    assert time.monotonic() - started < 0.1
-    assert count_polls(queries) == 1
+        assert wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 60, wakeups=redis_wakeups)
+
+    assert delivery_queries(queries) == 1
 
 
-def test_the_wait_still_times_out(undelivered):
-    undelivered("cid-never")
-    started = time.monotonic()
-    assert not wait_for_deliveries("cid-never", READ_MODEL_HANDLERS, timeout=0.5)
-    assert 0.5 <= time.monotonic() - started < 1.0
+def test_with_redis_gone_the_wait_falls_back_to_polling(held):
+    receipt = held("cid-no-redis")
+    unreachable = RedisWakeups("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    worker = in_thread(held.runner.run_due)
+
+    assert wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 60, wakeups=unreachable)
+    worker.join(60)
+
+
+def test_without_redis_a_wait_with_nothing_left_asks_once_and_never_blocks(held):
+    receipt = held("cid-done")
+    held.runner.run_due()
+
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 60, wakeups=None)
+    assert delivery_queries(queries) == 1
+
+
+def test_the_wait_still_times_out(held, redis_wakeups):
+    receipt = held("cid-never")
+    assert not wait_for_deliveries(receipt, READ_MODEL_HANDLERS, 0.5, wakeups=redis_wakeups)
+
+
+# --- the doorbell --------------------------------------------------------------------------------
+
+
+def test_the_doorbell_sends_one_step_for_a_burst_of_commits(redis_client, redis_wakeups):
+    redis_client.delete(DOORBELL)
+    sent = []
+
+    for _ in range(5):
+        redis_wakeups.ring_doorbell(lambda: sent.append("step"))
+
+    assert sent == ["step"]
+    assert 0 < redis_client.ttl(DOORBELL) <= max(1, round(settings.ALLOCATION_SWEEP_INTERVAL))
+
+
+def test_a_step_answers_the_doorbell_before_it_looks_so_the_next_commit_rings_again(
+    redis_client, redis_wakeups
+):
+    redis_client.delete(DOORBELL)
+    sent = []
+    redis_wakeups.ring_doorbell(lambda: sent.append(1))
+
+    redis_wakeups.answer_doorbell()  # what a step does first
+    redis_wakeups.ring_doorbell(lambda: sent.append(2))
+
+    assert sent == [1, 2]
+
+
+def test_a_step_that_could_not_be_sent_leaves_the_doorbell_for_the_next_commit(
+    redis_client, redis_wakeups
+):
+    redis_client.delete(DOORBELL)
+
+    def broker_down():
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        redis_wakeups.ring_doorbell(broker_down)
+    sent = []
+    redis_wakeups.ring_doorbell(lambda: sent.append("step"))
+
+    assert sent == ["step"]
+
+
+def test_with_redis_gone_the_doorbell_sends_a_step_every_time():
+    unreachable = RedisWakeups("redis://127.0.0.1:1/0")
+    sent = []
+
+    unreachable.ring_doorbell(lambda: sent.append("step"))
+    unreachable.ring_doorbell(lambda: sent.append("step"))
+
+    assert sent == ["step", "step"]

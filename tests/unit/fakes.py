@@ -24,8 +24,12 @@ from allocation import bootstrap as composition
 from allocation.domain import events
 from allocation.domain.model import Product
 from allocation.messagebus import MessageBus
-from allocation.outbox import PendingDelivery
-from allocation.unit_of_work import AbstractUnitOfWork, MessageContext
+from allocation.unit_of_work import (
+    AbstractUnitOfWork,
+    MessageContext,
+    NewDelivery,
+    PendingDelivery,
+)
 from readmodels import projections
 
 PENDING, DONE, DEAD = "pending", "done", "dead"
@@ -52,6 +56,7 @@ class FakeDelivery:
     status: str = PENDING
     attempts: int = 0
     last_error: str | None = None
+    taken: bool = False  # leased by a step: not due again until it finishes (or is released)
 
 
 @dataclass
@@ -73,6 +78,11 @@ class FakeStore:
 
     def batch(self, ref: str):
         return next(b for p in self.products.values() for b in p.batches if b.reference == ref)
+
+    def time_passes(self) -> None:
+        """Every lease and every backoff runs out: what was taken and not done is due again."""
+        with self.lock:
+            self.deliveries = {i: replace(d, taken=False) for i, d in self.deliveries.items()}
 
 
 class FakeProductRepository:
@@ -153,7 +163,7 @@ class FakeDeliveryRepository:
         new_events: list[events.Event],
         subscriptions: Mapping[str, tuple[str, ...]],
         context: MessageContext,
-    ) -> list[int]:
+    ) -> list[NewDelivery]:
         added = []
         for event in new_events:
             event_id = str(uuid.uuid4())
@@ -166,18 +176,23 @@ class FakeDeliveryRepository:
             for handler in subscriptions.get(type_name, ()):
                 delivery = FakeDelivery(next(self.ids), event_id, handler)
                 self.deliveries[delivery.id] = delivery
-                added.append(delivery.id)
+                added.append(NewDelivery(delivery.id, handler))
         return added
 
-    def start(self, delivery_ids: list[int]) -> list[PendingDelivery]:
-        started = []
-        for delivery_id in sorted(delivery_ids):
-            delivery = self.deliveries.get(delivery_id)
-            if delivery is None or delivery.status != PENDING:
-                continue
-            self.deliveries[delivery_id] = replace(delivery, attempts=delivery.attempts + 1)
+    def take_due(self, limit: int, also=()) -> list[PendingDelivery]:
+        """Due: pending and not taken by another step (a failure with backoff is due at once:
+        the fakes keep no clock)."""
+        due = [d for d in self.deliveries.values() if d.status == PENDING and not d.taken]
+        named = [self.deliveries[i] for i in also if i in self.deliveries]
+        chosen = {d.id: d for d in [*due[:limit], *named] if d.status == PENDING}
+        taken = []
+        for delivery_id in sorted(chosen):
+            delivery = self.deliveries[delivery_id]
+            self.deliveries[delivery_id] = replace(
+                delivery, attempts=delivery.attempts + 1, taken=True
+            )
             logged = self.logged[delivery.event_id]
-            started.append(
+            taken.append(
                 PendingDelivery(
                     id=delivery_id,
                     handler=delivery.handler,
@@ -186,9 +201,9 @@ class FakeDeliveryRepository:
                     correlation_id=logged.correlation_id,
                 )
             )
-        return started
+        return taken
 
-    def claim(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+    def lock(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
         return [d for d in deliveries if self.deliveries[d.id].status == PENDING]
 
     def mark_done(self, delivery_ids: list[int]) -> None:
@@ -199,6 +214,7 @@ class FakeDeliveryRepository:
     def record_failure(self, delivery_id: int, error: BaseException, final: bool = False) -> None:
         delivery = self.deliveries[delivery_id]
         status = DEAD if final else delivery.status
+        # Still taken: not due again until its backoff is over (`release`).
         self.deliveries[delivery_id] = replace(delivery, last_error=repr(error), status=status)
 
 
@@ -208,8 +224,9 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         store: FakeStore,
         subscriptions: Mapping[str, tuple[str, ...]],
         context: MessageContext | None,
+        after_commit=None,
     ):
-        super().__init__(subscriptions, context)
+        super().__init__(subscriptions, context, after_commit)
         self.store = store
 
     def _begin(self) -> None:
@@ -241,6 +258,8 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                 self.new_deliveries.clear()
         finally:
             self.store.lock.release()
+        if commit and self.new_deliveries and self.after_commit is not None:
+            self.after_commit(list(self.new_deliveries))
 
 
 class FakeNotifications:
@@ -268,6 +287,8 @@ class FakePublisher:
     def append(self, event_id: str, type_name: str, payload: dict[str, Any]) -> None:
         self.streamed.append((event_id, type_name, payload))
 
+    pipelined = staticmethod(contextlib.nullcontext)
+
 
 # The production routing without the read-model projections: those write read tables through
 # the ORM and are tested in tests/integration.
@@ -277,24 +298,32 @@ UNIT_EVENT_HANDLERS = {
 }
 
 
-def bootstrap_test_bus(
+def bootstrap_test_runner(
     **overrides: Any,
-) -> tuple[MessageBus, FakeStore, FakeNotifications, FakePublisher]:
-    """A bus on fakes that delivers events in-process, right after each commit."""
+) -> tuple[composition.Wiring, FakeStore, FakeNotifications, FakePublisher]:
+    """The bus and the delivery runner on fakes. Unless `wake=` says otherwise, a worker
+    step runs in-process right after each commit."""
     store = FakeStore()
     notifications = FakeNotifications()
     publisher = FakePublisher()
     options: dict[str, Any] = {
-        "dispatch": None,
         "event_handlers": UNIT_EVENT_HANDLERS,
         "command_retries": 2,
         **overrides,
     }
-    bus = composition.bootstrap(
+    wiring = composition.bootstrap(
         start_uow=functools.partial(FakeUnitOfWork, store),
         notifications=notifications,
         publish=publisher,
         event_stream=publisher,
         **options,
     )
-    return bus, store, notifications, publisher
+    return wiring, store, notifications, publisher
+
+
+def bootstrap_test_bus(
+    **overrides: Any,
+) -> tuple[MessageBus, FakeStore, FakeNotifications, FakePublisher]:
+    """`bootstrap_test_runner`, for tests that need only the command bus."""
+    wiring, store, notifications, publisher = bootstrap_test_runner(**overrides)
+    return wiring.bus, store, notifications, publisher

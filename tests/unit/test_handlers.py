@@ -12,7 +12,7 @@ from allocation.domain.model import (
     NotAllocated,
     UnknownBatch,
 )
-from tests.unit.fakes import DEAD, DONE, bootstrap_test_bus
+from tests.unit.fakes import DEAD, DONE, bootstrap_test_bus, bootstrap_test_runner
 
 TOMORROW = "2026-01-02"
 BAD_QUANTITIES = [0, -1, True, 1.5, "3", None]
@@ -353,49 +353,52 @@ def reallocations(store):
 
 
 @pytest.fixture
-def line_taken_off(app):
-    """o1 (10) was taken off b1 by a quantity change; its reallocation has not run yet."""
-    bus, store, _, _ = app
+def line_taken_off():
+    """o1 (10) was taken off b1 by a quantity change; its reallocation has not run yet (no
+    step ran after the change): the next commit's step runs it."""
+    wiring, store, _, _ = app = bootstrap_test_runner()
+    bus = wiring.bus
     bus.handle(commands.CreateBatch("b1", "LAMP", 20, None))
     bus.handle(commands.CreateBatch("b2", "LAMP", 20, TOMORROW))
     bus.handle(commands.Allocate("o1", "LAMP", 10))
-    bus.dispatch = [].extend  # hold the deliveries of the change back
+    wake, bus.wake = bus.wake, [].extend  # no worker looks after this commit
     bus.handle(commands.ChangeBatchQuantity("b1", 5))
-    bus.dispatch = bus.deliver_all
+    bus.wake = wake
     [held] = reallocations(store)
-    return held
+    return app, held
 
 
-def test_a_reallocation_leaves_a_line_its_client_allocated_again(app, line_taken_off):
-    bus, store, _, _ = app
-    bus.handle(commands.Allocate("o1", "LAMP", 4))  # another quantity, before the reallocation
-
-    bus.deliver(line_taken_off.id)
+def test_a_reallocation_leaves_a_line_its_client_allocated_again(line_taken_off):
+    (wiring, store, _, _), held = line_taken_off
+    # Another quantity, before the reallocation (which runs in the step after this commit).
+    wiring.bus.handle(commands.Allocate("o1", "LAMP", 4))
 
     assert store.allocations("LAMP") == {"o1": "b1"}
     assert store.products["LAMP"].allocations["o1"].line.qty == 4
-    assert store.deliveries[line_taken_off.id].status == DONE
+    assert store.deliveries[held.id].status == DONE
 
 
-def test_a_reallocation_leaves_a_line_its_client_cancelled(app, line_taken_off):
-    bus, store, _, _ = app
-    bus.handle(commands.Allocate("o1", "LAMP", 4))
-    bus.handle(commands.CancelAllocation("o1", "LAMP"))
+def test_a_reallocation_leaves_a_line_its_client_cancelled(line_taken_off):
+    (wiring, store, _, _), held = line_taken_off
+    wiring.bus.wake = [].extend  # the step below runs after both of the client's commands
+    wiring.bus.handle(commands.Allocate("o1", "LAMP", 4))
+    wiring.bus.handle(commands.CancelAllocation("o1", "LAMP"))
 
-    bus.deliver(line_taken_off.id)
+    wiring.runner.run_due()
 
     assert store.allocations("LAMP") == {}
-    assert store.deliveries[line_taken_off.id].status == DONE
+    assert store.deliveries[held.id].status == DONE
 
 
-def test_a_reallocation_that_nothing_overtook_allocates_the_line(app, line_taken_off):
-    bus, store, _, _ = app
+def test_a_reallocation_that_nothing_overtook_allocates_the_line(line_taken_off):
+    (wiring, store, _, _), held = line_taken_off
 
-    bus.deliver(line_taken_off.id)
-    bus.deliver(line_taken_off.id)  # a second copy changes nothing
+    wiring.runner.run_due()
+    wiring.runner.run_due(also=[held.id])  # a second copy changes nothing
 
     assert store.allocations("LAMP") == {"o1": "b2"}
     assert store.batch("b2").allocated_quantity == 10
+    assert store.deliveries[held.id].status == DONE
 
 
 def reallocate_to_an_unknown_sku(event: events.Deallocated) -> list[commands.Command]:

@@ -1,4 +1,5 @@
-"""The message bus: routing, dependency injection, retries and delivery of events, on fakes."""
+"""The command bus: routing, dependency injection and retries, on fakes (deliveries:
+tests/unit/test_delivery_runner.py)."""
 
 import threading
 from types import SimpleNamespace
@@ -9,9 +10,8 @@ from allocation import handlers, messagebus
 from allocation.bootstrap import COMMAND_HANDLERS
 from allocation.domain import commands, events
 from allocation.domain.model import OrderLine
-from allocation.messagebus import handler_name
 from allocation.unit_of_work import TransactionConflict
-from tests.unit.fakes import DONE, PENDING, UNIT_EVENT_HANDLERS, bootstrap_test_bus
+from tests.unit.fakes import UNIT_EVENT_HANDLERS, bootstrap_test_bus
 
 TOMORROW = "2026-01-02"
 
@@ -86,16 +86,17 @@ def test_bootstrap_refuses_an_event_handler_needing_an_unknown_dependency():
 def test_handlers_get_their_dependencies_by_parameter_name():
     received = []
 
-    def inspect_dependencies(event, publish, notifications, uow):
-        received.append((publish, notifications, uow.context.correlation_id))
+    def inspect_dependencies(event, publish, notifications, event_id):
+        received.append((publish, notifications, event_id))
 
-    bus, _, notifications, publisher = bootstrap_test_bus(
+    bus, store, notifications, publisher = bootstrap_test_bus(
         event_handlers={events.BatchCreated: [inspect_dependencies]}
     )
 
     bus.handle(commands.CreateBatch("b1", "LAMP", 10, None), correlation_id="req-1")
 
-    assert received == [(publisher, notifications, "req-1")]
+    [event_id] = store.events
+    assert received == [(publisher, notifications, event_id)]
 
 
 # --- retries --------------------------------------------------------------------------------
@@ -166,202 +167,7 @@ def test_other_errors_are_not_retried(sleeps):
     assert sleeps == []
 
 
-# --- events ---------------------------------------------------------------------------------
-
-
-def test_an_event_reaches_every_handler_even_when_one_of_them_fails():
-    seen = []
-
-    def note_before(event):
-        seen.append(("before", event))
-
-    def fail(event):
-        raise RuntimeError("mail server down")
-
-    def note_after(event):
-        seen.append(("after", event))
-
-    bus, store, _, _ = bootstrap_test_bus(
-        event_handlers={events.OutOfStock: [note_before, fail, note_after]}
-    )
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    ref = bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    assert ref is None  # the command's caller does not see the event handler's failure
-    out_of_stock = events.OutOfStock(sku="LAMP", version=1)
-    assert seen == [("before", out_of_stock), ("after", out_of_stock)]
-    state = {d.handler: (d.status, d.attempts) for d in store.deliveries.values()}
-    assert state == {
-        handler_name(note_before): (DONE, 1),
-        handler_name(fail): (PENDING, 1),
-        handler_name(note_after): (DONE, 1),
-    }
-    failed = next(d for d in store.deliveries.values() if d.handler == handler_name(fail))
-    assert "mail server down" in failed.last_error
-
-
-def test_a_failing_event_handler_leaves_no_changes_behind():
-    def add_spare_batch_then_fail(event, uow):
-        with uow:
-            uow.products.get(event.sku).add_batch("spare", 1, None)
-            uow.commit()
-        raise RuntimeError("after the commit, before the done-mark")
-
-    bus, store, _, _ = bootstrap_test_bus(
-        event_handlers={events.OutOfStock: [add_spare_batch_then_fail]}
-    )
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    assert [b.reference for b in store.products["LAMP"].batches] == ["b1"]
-    assert [d.status for d in store.deliveries.values()] == [PENDING]
-
-
-def test_a_delivery_that_loses_a_race_runs_again_at_once_within_its_attempt():
-    races = []
-
-    def loses_once(event):
-        if not races:
-            races.append(event)
-            raise TransactionConflict("deadlock detected")
-
-    bus, store, _, _ = bootstrap_test_bus(event_handlers={events.OutOfStock: [loses_once]})
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    assert [(d.status, d.attempts) for d in store.deliveries.values()] == [(DONE, 1)]
-
-
-def test_a_delivery_that_keeps_losing_races_waits_for_a_retry():
-    def always_loses(event):
-        raise TransactionConflict("deadlock detected")
-
-    bus, store, _, _ = bootstrap_test_bus(event_handlers={events.OutOfStock: [always_loses]})
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    [delivery] = store.deliveries.values()
-    assert (delivery.status, delivery.attempts) == (PENDING, 1)
-    assert "deadlock detected" in delivery.last_error
-
-
-def test_a_race_lost_inside_a_shared_batch_gives_the_batch_up_and_runs_each_alone():
-    runs = []
-
-    def add_spare_batch(event, uow):  # a database effect, in the batch's transaction
-        runs.append("spare")
-        with uow:
-            uow.products.get(event.sku).add_batch(f"spare-{runs.count('spare')}", 1, None)
-            uow.commit()
-
-    def loses_once(event):
-        runs.append("race")
-        if runs.count("race") == 1:
-            raise TransactionConflict("deadlock detected")
-
-    bus, store, _, _ = bootstrap_test_bus(
-        event_handlers={events.OutOfStock: [add_spare_batch, loses_once]}
-    )
-    bus.transaction_groups = [frozenset({handler_name(add_spare_batch), handler_name(loses_once)})]
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    assert runs == ["spare", "race", "spare", "race"]  # the batch, then each alone
-    # The batch's first effect was undone with it (its locks went at once), so it is there once.
-    assert [b.reference for b in store.products["LAMP"].batches] == ["b1", "spare-2"]
-    assert [(d.status, d.attempts) for d in store.deliveries.values()] == [(DONE, 1), (DONE, 1)]
-
-
-def test_a_batch_runs_its_deliveries_in_sku_order():
-    lost, seen = [], []
-
-    def note(event):
-        seen.append(event.sku)
-
-    bus, _, _, _ = bootstrap_test_bus(
-        event_handlers={events.OutOfStock: [note]}, dispatch=lost.extend
-    )
-    bus.transaction_groups = [frozenset({handler_name(note)})]
-    for sku in ("ZEBRA", "APPLE", "MANGO"):
-        bus.handle(commands.CreateBatch(f"{sku}-1", sku, 1, None))
-        bus.handle(commands.Allocate("o1", sku, 10))
-
-    bus.deliver_all(list(lost))  # one message with all three, as the sweeper sends them
-
-    assert seen == ["APPLE", "MANGO", "ZEBRA"]
-
-
-def test_the_bus_says_which_deliveries_it_made_done_after_each_commit():
-    told = []
-
-    def fail(event):
-        raise RuntimeError("mail server down")
-
-    def note(event):
-        pass
-
-    bus, _, _, _ = bootstrap_test_bus(
-        event_handlers={events.OutOfStock: [note, fail]}, on_delivered=told.append
-    )
-    bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))
-
-    bus.handle(commands.Allocate("o1", "LAMP", 10), correlation_id="req-1")
-
-    assert [[(d.handler, d.correlation_id) for d in batch] for batch in told] == [
-        [(handler_name(note), "req-1")]
-    ]
-
-
-def test_a_delivery_runs_its_handler_once_however_often_it_is_delivered():
-    bus, store, _, publisher = bootstrap_test_bus()
-    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
-    bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    bus.deliver_all(list(store.deliveries))
-
-    assert len(publisher.published) == 1
-
-
-def test_events_leave_only_after_the_command_commits():
-    def allocate_then_fail(cmd, uow):
-        with uow:
-            product = uow.products.get(cmd.sku, orderid=cmd.orderid)
-            product.allocate(OrderLine(cmd.orderid, cmd.sku, cmd.qty))
-            raise RuntimeError("before the commit")
-
-    bus, store, _, publisher = bootstrap_test_bus(
-        command_handlers=with_command_handler(commands.Allocate, allocate_then_fail)
-    )
-    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
-
-    with pytest.raises(RuntimeError):
-        bus.handle(commands.Allocate("o1", "LAMP", 10))
-
-    assert publisher.published == []
-    assert [type(e) for e in store.logged_events()] == [events.BatchCreated]
-
-
-def test_a_transport_that_is_down_only_delays_delivery():
-    def broker_down(delivery_ids):
-        raise ConnectionError("broker down")
-
-    bus, store, _, publisher = bootstrap_test_bus(dispatch=broker_down)
-    bus.handle(commands.CreateBatch("b1", "LAMP", 100, None))
-
-    assert bus.handle(commands.Allocate("o1", "LAMP", 10)) == "b1"
-    assert publisher.published == []
-    pending = [d.id for d in store.deliveries.values() if d.status == PENDING]
-    assert len(pending) == 3  # BatchCreated -> stream; Allocated -> publish, stream
-
-    bus.deliver_all(pending)  # what the sweeper does
-
-    assert [channel for channel, _ in publisher.published] == ["line_allocated"]
-    assert [type_name for _, type_name, _ in publisher.streamed] == ["BatchCreated", "Allocated"]
+# --- the chain -----------------------------------------------------------------------------
 
 
 def test_commands_returned_by_an_event_handler_are_handled_in_the_same_chain():

@@ -13,14 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from allocation.api.commands import run_command
 from allocation.api.compat import CORRELATION_HEADER, correlation_id
 from allocation.api.v1.errors import ApiError, v1_exception_handler
 from allocation.api.v1.permissions import CommandPermission
 from allocation.api.v1.schema import V1AutoSchema
-from allocation.apps import get_bus
-from allocation.bootstrap import READ_MODEL_HANDLERS
 from allocation.domain import commands
-from allocation.outbox import wait_for_deliveries
 
 # Path segments and filter values are stored as CharField(max_length=255).
 MAX_IDENTIFIER = 255
@@ -104,17 +102,13 @@ class WriteApi(V1Api):
 
     def run(self, command: commands.Command) -> Any:
         self.command_dispatched = True
-        result = get_bus().handle(command, correlation_id=self.correlation_id)
-        self.wait_for_projections()
-        return result
-
-    def wait_for_projections(self) -> None:
         wait = preferred_wait(self.request.headers.get("Prefer", ""))
-        if wait is None:
-            return
-        wait = min(wait, settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT)
-        if wait_for_deliveries(self.correlation_id, READ_MODEL_HANDLERS, wait):
+        if wait is not None:
+            wait = min(wait, settings.ALLOCATION_READ_YOUR_WRITES_TIMEOUT)
+        result, applied = run_command(command, self.correlation_id, wait)
+        if applied:
             self.headers["Preference-Applied"] = f"wait={format_seconds(wait)}"
+        return result
 
 
 def preferred_wait(prefer: str) -> float | None:

@@ -41,7 +41,7 @@ class Command(BaseCommand):
 
     def do_retry(self, **options):
         ids = sweeper.retry(self._dead_ids(**options))
-        get_bus().dispatch_committed(ids)
+        get_bus().wake_workers(ids)
         self.stdout.write(self.style.SUCCESS(f"Retrying {len(ids)} deliveries."))
 
     def do_discard(self, **options):
