@@ -110,11 +110,12 @@ class DjangoDeliveryRepository:
             "  next_attempt_at = %s"
         )
         params += [max_attempts, max_attempts, DEAD, max_attempts, gave_up, lease]
-        taken = (
-            f" ({DELIVERY}.id IN (SELECT id FROM due) OR {DELIVERY}.id IN (SELECT id FROM named))"
-        )
+        # An array of ids on PostgreSQL: an OR of two IN (...) made it scan every row.
+        ids = "SELECT id FROM due UNION ALL SELECT id FROM named"
+        postgres = connection.vendor == "postgresql"
+        taken = f" {DELIVERY}.id = ANY(ARRAY({ids}))" if postgres else f" id IN ({ids})"
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+            if postgres:
                 cursor.execute(
                     f"{chosen}{update} FROM {EVENT} AS e WHERE e.id = {DELIVERY}.event_id"
                     f" AND{taken} RETURNING {DELIVERY}.id, handler, status, e.id, e.type,"

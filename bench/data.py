@@ -124,7 +124,7 @@ from allocation.bootstrap import bootstrap
 from allocation.domain import commands
 
 lost = []
-bus = bootstrap(dispatch=lost.extend)  # the after-commit dispatch goes nowhere
+bus = bootstrap(wake=lost.extend).bus  # the after-commit wake-up goes nowhere
 for i in range({count}):
     bus.handle(commands.Allocate("{prefix}-%d" % i, "{sku_prefix}%d" % (i % {skus}), 1))
 print("LOST", len(lost))
@@ -132,16 +132,17 @@ print("LOST", len(lost))
 
 
 def make_backlog(stack: Stack, events: int, skus: int, sku_prefix: str, prefix: str) -> int:
-    """`events` Allocated events whose deliveries were never dispatched, made through the bus.
+    """`events` Allocated events whose wake-ups were lost, made through the bus.
 
-    Two processes share the work (the box has two cores). Their deliveries get a lease of an
-    hour, so that no sweeper takes them before the drain starts. Returns the deliveries lost.
+    Two processes share the work (the box has two cores). Nothing takes their deliveries
+    before the drain starts as long as beat is stopped: no wake-up, no sweep. Returns the
+    deliveries lost.
     """
     import subprocess
 
     from tests.e2e.harness import BIN, ROOT
 
-    env = {**stack.env, "ALLOCATION_DELIVERY_LEASE": "3600"}
+    env = dict(stack.env)
     halves = [events // 2, events - events // 2]
     procs = []
     for n, count in enumerate(halves):

@@ -520,7 +520,7 @@ def markdown(results: dict, plots: dict, json_path: Path) -> str:
             "## Draining a backlog",
             "",
             "The backlog is made through the bus with its after-commit dispatch lost "
-            "(`bootstrap(dispatch=[].extend)`, two processes), with beat stopped; then every "
+            "(`bootstrap(wake=[].extend)`, two processes), with beat stopped; then every "
             "pending delivery is made due and the clock starts. *sweep_outbox*: `manage.py "
             "sweep_outbox --until-empty` claims all of it at once (beat runs too); *beat*: beat "
             "alone at its production settings.",

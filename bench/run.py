@@ -482,8 +482,7 @@ class Bench:
                 k: BENCH_ENV[k]
                 for k in (
                     "ALLOCATION_SWEEP_INTERVAL",
-                    "ALLOCATION_SWEEP_BATCH",
-                    "ALLOCATION_SWEEP_CHUNK",
+                    "ALLOCATION_DELIVERY_BATCH",
                     "ALLOCATION_DELIVERY_LEASE",
                 )
             },
