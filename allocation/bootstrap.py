@@ -137,6 +137,7 @@ def bootstrap(
     """
     from django.conf import settings
 
+    ask_for_help = None
     if start_uow is None:
         from allocation import wakeups
         from allocation.django_unit_of_work import DjangoUnitOfWork
@@ -144,7 +145,9 @@ def bootstrap(
 
         start_uow = DjangoUnitOfWork
         redis_wakeups = wakeups.configured()
-        wake = wake or wakeups.doorbell(redis_wakeups, send_step)
+        if wake is None:
+            wake = wakeups.doorbell(redis_wakeups, send_step)
+            ask_for_help = send_step  # past the doorbell: the worker that holds it is busy
         if on_delivered is None and redis_wakeups is not None:
             on_delivered = wakeups.ring_read_models(redis_wakeups, READ_MODEL_HANDLERS)
     if notifications is None:
@@ -205,6 +208,7 @@ def bootstrap(
         ],
         on_delivered=on_delivered,
         batch_size=settings.ALLOCATION_DELIVERY_BATCH,
+        ask_for_help=ask_for_help,
     )
     bus.wake = wake or (lambda deliveries: runner.run_due())
     return Wiring(bus, runner)

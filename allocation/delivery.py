@@ -76,14 +76,18 @@ class DeliveryRunner:
         groups: Iterable[Group] = (),
         on_delivered: Callable[[list[PendingDelivery]], None] | None = None,
         batch_size: int = 500,
+        ask_for_help: Callable[[], object] | None = None,
     ):
         """`event_handlers`: handler name -> the handler, dependencies injected.
-        `on_delivered`: told, after each commit, which deliveries it made done (best effort)."""
+        `on_delivered`: told, after each commit, which deliveries it made done (best effort).
+        `ask_for_help`: after a full batch, start another worker step (by default: wake the
+        workers as a commit does)."""
         self.bus = bus
         self.event_handlers = dict(event_handlers)
         self.groups = list(groups)
         self.on_delivered = on_delivered
         self.batch_size = batch_size
+        self.ask_for_help = ask_for_help
         self._grouped = frozenset().union(*(g.handlers for g in self.groups))
 
     def _uow(self) -> AbstractUnitOfWork:
@@ -95,10 +99,19 @@ class DeliveryRunner:
         taken = self._uow().take_due(limit, list(also))
         if len(taken) >= limit:
             # More may be due: let another worker process take the next ones meanwhile.
-            self.bus.wake_workers(taken)
+            self._ask_for_help(taken)
         step = self.run(taken)
         step.taken = len(taken)
         return step
+
+    def _ask_for_help(self, taken: list[PendingDelivery]) -> None:
+        if self.ask_for_help is None:
+            self.bus.wake_workers(taken)
+            return
+        try:
+            self.ask_for_help()
+        except Exception as exc:
+            logger.warning("could not start another worker step (%s); the sweep will", exc)
 
     def deliver(self, delivery_ids: Sequence[int]) -> Step:
         """Run these deliveries now, if they are pending and no step holds them, and nothing

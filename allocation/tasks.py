@@ -14,37 +14,67 @@ from allocation.apps import get_runner
 logger = logging.getLogger(__name__)
 
 
+# How long one message keeps a worker stepping: long enough that a busy period costs few
+# broker messages, short enough that the task never nears its time limit.
+BUSY_SECONDS = 1.0
+
+
 @shared_task(bind=True, name="allocation.deliver", max_retries=None)
 def deliver_task(self, delivery_ids: list[int] | None = None) -> int:
-    """A worker step: run the due deliveries (and `delivery_ids`, due or not, if pending).
+    """Worker steps over the due deliveries (and `delivery_ids`, due or not, if pending),
+    one after another while there is work, for up to BUSY_SECONDS.
 
     Sent by the doorbell after commits (allocation/wakeups.py). If the database cannot be
-    reached, the step is tried again within a sweep interval, with the deliveries it had
-    taken, for as long as their lease would otherwise hold them back; after that the sweeper
+    reached, the task is tried again within a sweep interval, with the deliveries it had
+    taken, for as long as their lease would otherwise hold them back; after that the sweep
     takes them as it takes any due delivery.
     """
-    from allocation.outbox import backoff
     from allocation.wakeups import configured
 
-    if (wakeups := configured()) is not None:
-        wakeups.answer_doorbell()  # before taking anything: see wakeups.py
+    wakeups = configured()
+    runner = get_runner()
+    deadline = time.monotonic() + BUSY_SECONDS
+    also, total = list(delivery_ids or []), 0
     try:
-        step = get_runner().run_due(also=delivery_ids or [])
-        unfinished = step.interrupted
+        while True:
+            step = runner.run_due(also=also)
+            also, total = [], total + step.taken
+            if step.interrupted:
+                return _again_soon(self, step.interrupted)
+            if step.taken and time.monotonic() < deadline:
+                continue  # busy: the doorbell stays set, commits send nothing
+            if wakeups is None:
+                return total
+            wakeups.answer_doorbell()
+            if step.taken:  # out of time while busy: another message carries on
+                runner.bus.wake_workers([step])
+                return total
+            # Quiet. A commit that found the doorbell set before the delete is seen now.
+            step = runner.run_due()
+            total += step.taken
+            if step.interrupted:
+                return _again_soon(self, step.interrupted)
+            if not step.taken:
+                return total
+            wakeups.hold_doorbell()
     except Exception as exc:
         if not database.unavailable(exc):
             raise
         database.heal()
-        unfinished = list(delivery_ids or [])
         logger.warning("worker step: the database is unavailable (%s)", exc)
-    else:
-        if not unfinished:
-            return step.taken
+        return _again_soon(self, also)
+
+
+def _again_soon(task, unfinished: list[int]) -> int:
+    """Retry a step the database cut off, within a sweep interval, while the lease of what it
+    took would otherwise keep it waiting."""
+    from allocation.outbox import backoff
+
     retries_left = settings.ALLOCATION_DELIVERY_LEASE / settings.ALLOCATION_SWEEP_INTERVAL
-    if self.request.retries >= retries_left:
-        return 0  # their lease runs out soon: the sweeper takes them then
-    countdown = min(backoff(self.request.retries + 1), settings.ALLOCATION_SWEEP_INTERVAL)
-    raise self.retry(args=[unfinished], countdown=countdown)
+    if task.request.retries >= retries_left:
+        return 0  # their lease runs out soon: the sweep takes them then
+    countdown = min(backoff(task.request.retries + 1), settings.ALLOCATION_SWEEP_INTERVAL)
+    raise task.retry(args=[unfinished], countdown=countdown)
 
 
 def send_step() -> None:

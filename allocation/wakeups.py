@@ -1,12 +1,13 @@
 """Wake-ups through Redis, both ways, so that nobody polls the database on the happy path.
 
 The doorbell (web -> worker). After a commit, a process sets a short-lived key with NX and
-sends a Celery message (a worker step) only if it set the key; a step deletes the key *before*
-it takes due deliveries. So a commit that found the key already set is always seen by the step
-that follows (it committed before it looked at the key, and the key was deleted before that
-step took anything), and a burst of commits costs one broker message, not one each. If the
-message is lost, the key expires after DOORBELL_TTL and the sweeper has taken the deliveries
-by then anyway (they are due from their commit on).
+sends a Celery message only if it set the key. The worker that gets the message runs steps
+while there is work, the key still set, so the commits of a busy period cost no message at
+all; once a step finds nothing due, the worker deletes the key and then looks once more. So a
+commit that found the key set is always seen: it committed before it looked at the key, and
+the key was still there, so the worker's last look (after the delete) comes after the commit.
+If the message is lost, the key expires after `doorbell_ttl()` seconds; by then beat's sweep
+has taken the deliveries anyway (they are due from their commit on).
 
 The ring (worker -> web). When a worker commits read-model projections, it pushes the ids of
 those deliveries on a short-lived list named by their correlation id. A web process waiting
@@ -59,11 +60,18 @@ class RedisWakeups:
             raise
 
     def answer_doorbell(self) -> None:
-        """A worker step begins: commits from now on ring again."""
+        """The worker has no more work in hand: commits from now on ring again."""
         try:
             self.client.delete(DOORBELL)
         except RedisError as exc:
             logger.warning("could not answer the doorbell (%s); it expires by itself", exc)
+
+    def hold_doorbell(self) -> None:
+        """The worker is busy and will look again: commits need not ring."""
+        try:
+            self.client.set(DOORBELL, 1, ex=doorbell_ttl())
+        except RedisError as exc:
+            logger.warning("could not hold the doorbell (%s)", exc)
 
     # --- the ring --------------------------------------------------------------------------------
 

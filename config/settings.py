@@ -79,6 +79,17 @@ DATABASES = {
 # Persistent connections: opening a PostgreSQL connection costs more than a whole allocation.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool(
+    "DJANGO_DB_SERVER_SIDE_BINDING", default=True
+):
+    # Parameters bound by the server, and statements a connection runs often prepared once:
+    # PostgreSQL parses and plans them once per connection instead of once per execution, and
+    # psycopg sends arrays without spelling them out as text. (Off: Django's default, values
+    # interpolated on the client; needed behind a pgbouncer in transaction mode.)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True,
+        prepare_threshold=env.int("DJANGO_DB_PREPARE_THRESHOLD", default=5),
+    )
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several threads (runserver, eager tasks) write to one file: wait for the lock.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -194,3 +194,43 @@ def test_with_redis_gone_the_doorbell_sends_a_step_every_time():
     unreachable.ring_doorbell(lambda: sent.append("step"))
 
     assert sent == ["step", "step"]
+
+
+def test_a_commit_that_finds_the_doorbell_held_is_delivered_by_the_busy_worker(
+    redis_client, redis_wakeups, monkeypatch
+):
+    """The protocol end to end: a worker holds the doorbell while it works; a commit during that
+    time sends no message, and the worker delivers it all the same before it lets go."""
+    from allocation import tasks
+    from allocation.bootstrap import EVENT_HANDLERS
+    from allocation.domain import events
+
+    sent, committed_during_the_step = [], []
+
+    def meanwhile(event):
+        """Runs inside the worker's first step: another process commits then."""
+        if not committed_during_the_step:
+            in_thread(lambda: wiring.bus.handle(commands.CreateBatch("b2", "DESK", 5, None))).join(
+                60
+            )
+            committed_during_the_step.append(True)
+
+    routing = {
+        k: [*v, meanwhile] if k is events.BatchCreated else v for k, v in EVENT_HANDLERS.items()
+    }
+    wiring = bootstrap(
+        event_handlers=routing,
+        wake=lambda deliveries: redis_wakeups.ring_doorbell(lambda: sent.append("step")),
+    )
+    monkeypatch.setattr(tasks, "get_runner", lambda: wiring.runner)
+    monkeypatch.setattr(wakeups, "configured", lambda: redis_wakeups)
+    redis_client.delete(DOORBELL)
+
+    wiring.bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))  # rings: one message
+    assert sent == ["step"]
+    tasks.deliver_task.apply()  # the worker that got it
+
+    assert committed_during_the_step == [True]
+    assert sent == ["step"]  # the second commit found the doorbell held: no message
+    assert not Delivery.objects.filter(status="pending").exists()  # and was delivered
+    assert redis_client.get(DOORBELL) is None  # let go: the next commit rings again
