@@ -38,9 +38,11 @@ def write(
     new_events: list[events.Event],
     subscriptions: Mapping[str, tuple[str, ...]],
     context: MessageContext | None,
+    durable: bool = False,
 ) -> list[NewDelivery]:
     """Write it all; return the deliveries written. Raises StaleProduct if the product's
-    version moved since it was loaded."""
+    version moved since it was loaded. `durable`: this transaction's commit waits for the disk
+    even if the session's default does not (at no extra round trip)."""
     ctes: list[str] = []
     params: list = []
 
@@ -66,9 +68,12 @@ def write(
         if new_events
         else "NULL"
     )
+    sync = ", set_config('synchronous_commit', 'on', true)" if durable else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(ctes)} SELECT {checked}, {new_batches}, {written}", params)
-        product_rows, batch_rows, delivery_rows = cursor.fetchone()
+        cursor.execute(
+            f"WITH {', '.join(ctes)} SELECT {checked}, {new_batches}, {written}{sync}", params
+        )
+        product_rows, batch_rows, delivery_rows, *_ = cursor.fetchone()
     if product_rows != 1:
         raise StaleProduct(changes.sku)
     if batch_rows:

@@ -125,6 +125,27 @@ class DatabaseUnavailableMiddleware:
         return response
 
 
+# Set in Celery worker processes (config/celery.py): their transactions change only what the
+# outbox can derive again, except a command's, which asks for a synchronous commit itself.
+derived_writes_only = False
+
+
+def commit_without_waiting_for_the_disk() -> None:
+    """Make this process's connections commit asynchronously (docs/architecture.md,
+    "Durability"): its transactions return before their WAL reaches the disk."""
+    from django.db.backends.signals import connection_created
+
+    global derived_writes_only
+    derived_writes_only = True
+    connection_created.connect(_asynchronous_commit, weak=False)
+
+
+def _asynchronous_commit(sender=None, connection=None, **kwargs) -> None:
+    if connection is not None and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO off")
+
+
 def limit_web_statements(sender=None, connection=None, **kwargs) -> None:
     """`connection_created` receiver of the web processes: no request waits for a lock longer
     than ALLOCATION_WEB_LOCK_TIMEOUT or runs a statement longer than

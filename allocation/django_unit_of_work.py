@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
-from allocation import commit_sql
+from allocation import commit_sql, database
 from allocation.outbox import DjangoDeliveryRepository
 from allocation.repository import DjangoProductRepository, StaleProduct
 from allocation.unit_of_work import (
@@ -59,12 +59,22 @@ class DjangoUnitOfWork(AbstractUnitOfWork):
         """On PostgreSQL, the product's changes, its events and their deliveries in one
         statement (allocation/commit_sql.py) when that can be done; otherwise row by row."""
         changed = [(p, c) for p in self.products.seen if (c := self.products.changes(p))]
+        # A command's writes are the source of truth: they wait for the disk even in a process
+        # that commits its derived writes asynchronously.
+        durable = bool(changed) and database.derived_writes_only
         if connection.vendor != "postgresql" or not commit_sql.can_write([c for _, c in changed]):
+            if durable:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit TO on")
             super().commit()
             return
         new_events = [e for product in self.products.seen for e in product.events]
         written = commit_sql.write(
-            changed[0][1] if changed else None, new_events, self.subscriptions, self.context
+            changed[0][1] if changed else None,
+            new_events,
+            self.subscriptions,
+            self.context,
+            durable=durable,
         )
         for product, _ in changed:
             self.products.saved(product)

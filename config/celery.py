@@ -4,7 +4,7 @@ import os
 
 import billiard.pool
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -36,3 +36,17 @@ def heal_database_connections(task=None, **kwargs) -> None:
     from allocation.database import heal
 
     heal()
+
+
+@worker_process_init.connect
+def commit_derived_writes_asynchronously(**kwargs) -> None:
+    """A worker's transactions change read models, done-marks and attempt counts, all of which
+    the outbox derives again if a crash loses them; they need not wait for the disk. A
+    command run by a worker (a reallocation) still commits synchronously. See
+    docs/architecture.md, "Durability"; ALLOCATION_WORKER_ASYNC_COMMIT turns it off."""
+    from django.conf import settings
+
+    if settings.ALLOCATION_WORKER_ASYNC_COMMIT:
+        from allocation.database import commit_without_waiting_for_the_disk
+
+        commit_without_waiting_for_the_disk()

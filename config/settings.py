@@ -238,6 +238,9 @@ ALLOCATION_DELIVERY_BATCH = env.int("ALLOCATION_DELIVERY_BATCH", default=500)
 ALLOCATION_DELIVERY_LEASE = env.float("ALLOCATION_DELIVERY_LEASE", default=30.0)
 # Beat has a worker run a step this often: the safety net for lost wake-ups and leases.
 ALLOCATION_SWEEP_INTERVAL = env.float("ALLOCATION_SWEEP_INTERVAL", default=5.0)
+# Workers commit what the outbox can derive again (projections, done-marks) without waiting for
+# the disk; a command a worker runs still waits (docs/architecture.md, "Durability").
+ALLOCATION_WORKER_ASYNC_COMMIT = env.bool("ALLOCATION_WORKER_ASYNC_COMMIT", default=True)
 # /health/ says "degraded" once the oldest due delivery has waited longer than this (seconds):
 # deliveries are stuck, not merely busy.
 ALLOCATION_STALLED_AFTER = env.float("ALLOCATION_STALLED_AFTER", default=60.0)

@@ -247,3 +247,38 @@ def test_the_one_statement_commit_writes_what_the_orm_writes(monkeypatch):
     slow = json.loads(json.dumps(rows_of("ORM"), default=str))
     assert fast == slow
     assert len(slow["events"]) >= 8 and len(slow["deliveries"]) >= 12
+
+
+@pytest.mark.parametrize("one_statement", [True, False])
+def test_in_a_worker_a_commands_writes_still_wait_for_the_disk(monkeypatch, one_statement):
+    """Worker processes commit derived writes asynchronously; a command's own writes (a
+    reallocation) set synchronous_commit back on for their transaction."""
+    from django.db import connection
+
+    from allocation import commit_sql, database
+
+    monkeypatch.setattr(database, "derived_writes_only", True)
+    if not one_statement:
+        monkeypatch.setattr(commit_sql, "can_write", lambda changes: False)
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")  # what a worker's connection says
+    try:
+
+        def setting() -> str:
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW synchronous_commit")
+                return cursor.fetchone()[0]
+
+        uow = new_uow()
+        with uow:
+            uow.deliveries.mark_done([])  # derived writes only: the session's default
+            assert setting() == "off"
+            product = Product("DURABLE")
+            uow.products.add(product)
+            product.add_batch("b1", 10, None)
+            uow.commit()
+            assert setting() == "on"  # for this transaction's COMMIT
+        assert setting() == "off"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET synchronous_commit")
