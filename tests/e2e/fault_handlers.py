@@ -43,3 +43,13 @@ def slow_effect(event: events.Allocated, event_id: str) -> None:
 def always_fails(event: events.Allocated) -> None:
     if event.orderid.startswith(FAIL_PREFIX):
         raise RuntimeError(f"always_fails refuses {event.orderid}")
+
+
+def create_effects_table(stack) -> None:
+    """The table `slow_effect` writes to (a stack's `after_migrate`). No unique key on
+    purpose: an effect applied twice shows as two rows."""
+    with stack.connect() as conn:
+        conn.execute(
+            f"CREATE TABLE {EFFECTS_TABLE} (id bigserial PRIMARY KEY, event_id text NOT NULL,"
+            " orderid text NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"
+        )

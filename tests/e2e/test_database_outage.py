@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.e2e.fault_handlers import EFFECTS_TABLE, SLOW_PREFIX, gate_key
+from tests.e2e.fault_handlers import EFFECTS_TABLE, SLOW_PREFIX, create_effects_table, gate_key
 from tests.e2e.harness import (
     ARTIFACTS_ROOT,
     BIN,
@@ -59,14 +59,6 @@ OUTAGE_ENV = {
         {"Allocated": ["tests.e2e.fault_handlers.slow_effect"]}
     ),
 }
-
-
-def create_effects_table(stack) -> None:
-    with stack.connect() as conn:
-        conn.execute(
-            f"CREATE TABLE {EFFECTS_TABLE} (id bigserial PRIMARY KEY, event_id text NOT NULL,"
-            " orderid text NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"
-        )
 
 
 @pytest.fixture(scope="module")

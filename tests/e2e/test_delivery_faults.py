@@ -27,7 +27,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.e2e.fault_handlers import EFFECTS_TABLE, FAIL_PREFIX, SLOW_PREFIX, gate_key
+from tests.e2e.fault_handlers import (
+    EFFECTS_TABLE,
+    FAIL_PREFIX,
+    SLOW_PREFIX,
+    create_effects_table,
+    gate_key,
+)
 from tests.e2e.harness import (
     ARTIFACTS_ROOT,
     LINE_ALLOCATED,
@@ -245,15 +251,6 @@ from allocation.domain.commands import Allocate, ChangeBatchQuantity, CreateBatc
 from allocation.models import Delivery
 bus = get_bus()
 """
-
-
-def create_effects_table(stack: Stack) -> None:
-    # No unique key on purpose: an effect applied twice must show as two rows.
-    with stack.connect() as conn:
-        conn.execute(
-            f"CREATE TABLE {EFFECTS_TABLE} (id bigserial PRIMARY KEY, event_id text NOT NULL,"
-            " orderid text NOT NULL, written_at timestamptz NOT NULL DEFAULT now())"
-        )
 
 
 @pytest.fixture(scope="module")
