@@ -14,4 +14,4 @@ RUN useradd --create-home app
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "-b", "0.0.0.0:8000", "-w", "4"]
+CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi", "-b", "0.0.0.0:8000"]

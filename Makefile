@@ -71,7 +71,7 @@ web worker beat consumer: export DJANGO_DEBUG ?= 1
 web: $(BIN)/.installed createdb
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/gunicorn config.wsgi -b 127.0.0.1:$(PORT) -w 4
+	$(BIN)/gunicorn -c config/gunicorn.py config.wsgi -b 127.0.0.1:$(PORT)
 
 worker: $(BIN)/.installed
 	$(BIN)/celery -A config worker -l info -c 2

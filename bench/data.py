@@ -18,9 +18,9 @@ from tests.e2e.harness import Api, Stack
 BIG = 1_000_000_000  # a batch that never runs out within a benchmark
 
 ALLOCATED_HANDLERS = (
-    "readmodels.projections.add_allocation_to_read_model",
-    "notifications.handlers.publish_allocated_event",
-    "notifications.handlers.append_to_event_stream",
+    "read_model.add_allocation",
+    "redis.publish_line_allocated",
+    "redis.append_to_event_stream",
 )
 READ_MODEL_HANDLER = ALLOCATED_HANDLERS[0]
 

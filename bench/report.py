@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-# The book's Flask + SQLAlchemy service, measured on this machine kind (DESIGN.md section 6,
-# PERF_NOTES.md), 8 connections.
+# The book's Flask + SQLAlchemy service, measured on this machine kind with the same load,
+# 8 connections (docs/benchmarks.md, "Against the reference").
 REFERENCE = {
     "spread": {"rate": 320, "p99": 33, "note": "p99 33 ms"},
     "hot": {"rate": 200, "p99": None, "note": "two thirds of the answers are 500s"},
@@ -25,7 +25,7 @@ GOALS = {
     "drain": "10,000 undelivered events drain in < 30 s",
     "history": "per-command cost does not grow with history",
 }
-READ_MODEL_HANDLER = "readmodels.projections.add_allocation_to_read_model"
+READ_MODEL_HANDLER = "read_model.add_allocation"
 SCENARIO_ORDER = ["spread", "hot", "scarce", "history-0", "history-20k", "history-100k", "read"]
 
 
@@ -96,6 +96,11 @@ PHASES = (
     ("worker: Celery task machinery (receive, ack, trace)", "celery/"),
     ("web: gunicorn and Django around the view", "gunicorn/"),
 )
+
+
+def web_shape(stack: dict) -> str:
+    threads = stack.get("web_threads", 0)
+    return f"gthread x{threads}" if threads else "sync"
 
 
 def phase_of(stack: str) -> str:
@@ -233,7 +238,8 @@ def plot_throughput(results: dict, path: Path) -> None:
         a.legend(fontsize=8)
     stack = results["stack"]
     fig.suptitle(
-        f"Throughput against connections (gunicorn -w {stack['web_workers']} sync, "
+        f"Throughput against connections (gunicorn -w {stack['web_workers']} "
+        f"{web_shape(stack)}, "
         f"Celery prefork c={stack['worker_concurrency']})"
     )
     fig.tight_layout()
@@ -403,7 +409,7 @@ def markdown(results: dict, plots: dict, json_path: Path) -> str:
             if results.get("code", {}).get("uncommitted_production_changes")
             else ""
         ),
-        f"- Web: `{s.get('web')}` ({s.get('web_workers')} sync workers)",
+        f"- Web: `{s.get('web')}` ({s.get('web_workers')} workers, {web_shape(s)})",
         f"- Worker: `{s.get('worker')}`; beat running (the outbox sweeper)",
         f"- Database `{s.get('database')}`, {s.get('redis')}",
         "- Settings: " + ", ".join(f"`{k}={val}`" for k, val in s.get("env", {}).items()),
@@ -634,10 +640,25 @@ def markdown(results: dict, plots: dict, json_path: Path) -> str:
 
 
 def goals_section(results: dict) -> list[str]:
-    lines = ["## Against the quality bars (DESIGN.md section 6)", ""]
+    lines = ["## Against the quality bars (docs/benchmarks.md)", ""]
     spread = find(results, "spread", 8)
     hot = find(results, "hot", 8)
+    cal = results.get("calibration") or {}
+    if "pgbench_tps" in cal:
+        lines.append(
+            f"- Calibration: pgbench of the allocation transaction alone (bench/sql/allocate.sql,"
+            f" {cal['clients']} clients) {cal['pgbench_tps']:.0f} per second; spread at 8 "
+            f"connections is **{cal.get('spread_8_percent_of_pgbench')}%** of it"
+        )
     if spread:
+        cpu = spread["cpu_ms_per_request"]
+        stack_cpu = sum(cpu.get(k, 0) for k in ("web", "worker", "postgres", "redis", "beat"))
+        lines.append(
+            f"- CPU per allocation, spread at 8 connections: {stack_cpu:.1f} ms (web "
+            f"{cpu.get('web', 0)}, worker {cpu.get('worker', 0)}, PostgreSQL "
+            f"{cpu.get('postgres', 0)}, Redis {cpu.get('redis', 0)}; goal <= 6 ms): "
+            f"**{'met' if stack_cpu <= 6 else 'not met'}**"
+        )
         ok = spread["rate"] >= 2 * REFERENCE["spread"]["rate"]
         lines.append(
             f"- Throughput: spread at 8 connections {spread['rate']:.0f} req/s = "

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ from bench.stack import (
     ARTIFACTS,
     BENCH_ENV,
     DATABASE_PREFIX,
+    WEB_THREADS,
     WEB_WORKERS,
     WORKER_CONCURRENCY,
     bench_stack,
@@ -551,6 +553,49 @@ class Bench:
 
     # --- after the run --------------------------------------------------------------------------
 
+    def calibration(self, seconds: float = 10.0, clients: int = 8) -> dict:
+        """pgbench of the service's allocation transaction (bench/sql/allocate.sql) on this
+        run's database and machine: the rate PostgreSQL alone sustains, against which the
+        service's own rate is compared (runs on machines of other speeds compare so). Run
+        after the checks: it writes lines that no read model has."""
+        log(f"calibration: pgbench of the allocation transaction, {clients} clients")
+        done = subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                str(clients),
+                "-j",
+                "2",
+                "-T",
+                f"{seconds:g}",
+                "-f",
+                str(ROOT / "bench" / "sql" / "allocate.sql"),
+                self.stack.config.database,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
+        found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+        if done.returncode != 0 or not found:
+            log(f"calibration failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+            return {"error": (done.stdout + done.stderr)[-2000:]}
+        tps = float(found.group(1))
+        spread = self.find("spread", 8)
+        result = {"pgbench_tps": tps, "clients": clients, "seconds": seconds}
+        if spread:
+            result["spread_8_percent_of_pgbench"] = round(100 * spread["rate"] / tps, 1)
+        log(
+            f"calibration: {tps:.0f} transactions/s; spread at 8 connections = "
+            f"{result.get('spread_8_percent_of_pgbench')}% of it"
+        )
+        return result
+
     def checks(self) -> dict:
         log("checking: no batch over-allocated, counters match the lines, read models match")
         over = self.conn.execute(
@@ -660,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         out["stack"] = {
             "web": " ".join(stack.web.argv[1:]).replace(str(BIN) + "/", ""),
             "web_workers": WEB_WORKERS,
+            "web_threads": WEB_THREADS,
             "worker": " ".join(stack.worker.argv[1:]),
             "worker_concurrency": WORKER_CONCURRENCY,
             "beat": True,
@@ -687,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             log("counting SQL statements per allocation, by phase")
             out["statements"] = count_queries(stack)
             out["checks"] = bench.checks()
+            out["calibration"] = bench.calibration()
         finally:
             out["finished_at"] = datetime.now(UTC).isoformat()
             out["wall_seconds"] = round(time.monotonic() - began, 1)

@@ -1,6 +1,6 @@
 """The benchmarked stack: the e2e harness's processes, sized and configured for measuring.
 
-gunicorn (sync workers, `WEB_WORKERS`), a Celery worker (prefork, `WORKER_CONCURRENCY`) and
+gunicorn (`WEB_WORKERS` x `WEB_THREADS`), a Celery worker (prefork, `WORKER_CONCURRENCY`) and
 beat (the outbox sweeper), on a database of their own (`allocation_bench_<run>`) and a private
 redis-server, so that nothing else on the machine shares their broker or their tables.
 """
@@ -8,6 +8,7 @@ redis-server, so that nothing else on the machine shares their broker or their t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from tests.e2e.harness import (
 # Each run gets a database of its own, allocation_bench_<run stamp>, dropped at the end (keep it
 # with --keep-db): nothing else on the machine writes to it, not even another run's leftovers.
 DATABASE_PREFIX = "allocation_bench"
-WEB_WORKERS = 4  # PERF_NOTES: more than 4 sync workers, or gthread, gained nothing on 2 cores
+# gunicorn as `make web` runs it (config/gunicorn.py); BENCH_WEB_WORKERS and BENCH_WEB_THREADS
+# try other shapes (threads 0: sync workers, as the service ran before).
+WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
+WEB_THREADS = int(os.environ.get("BENCH_WEB_THREADS", "8"))
 WORKER_CONCURRENCY = 2  # prefork; sized like the web side (PERF_NOTES, "Sizing")
 ARTIFACTS = "bench"  # process logs: tests/artifacts/bench/
 
@@ -64,6 +68,7 @@ def bench_stack(
         processes=processes,
         worker_concurrency=WORKER_CONCURRENCY,
         web_workers=WEB_WORKERS,
+        web_threads=WEB_THREADS,
         artifacts=ARTIFACTS,
     )
     try:

@@ -675,6 +675,7 @@ class StackConfig:
     processes: Sequence[str] = ("web", "worker", "consumer")
     worker_concurrency: int = 2
     web_workers: int = 2
+    web_threads: int = 8  # threads per gunicorn worker (config/gunicorn.py); 0: sync workers
     artifacts: str = "e2e"  # the subfolder of tests/artifacts/ that holds the logs
     flush_redis: bool = True  # empty the Redis db before starting
     # Run after migrate, before the processes start: extra tables, fixtures, ...
@@ -719,11 +720,18 @@ class Stack:
         if role == "web":
             return [
                 str(BIN / "gunicorn"),
+                "-c",
+                "config/gunicorn.py",
                 "config.wsgi",
                 "-b",
                 f"127.0.0.1:{self.port}",
                 "-w",
                 str(self.config.web_workers),
+                *(
+                    ["--threads", str(self.config.web_threads)]
+                    if self.config.web_threads
+                    else ["--worker-class", "sync"]
+                ),
                 "--access-logfile",
                 "-",
             ]
