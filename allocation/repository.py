@@ -80,30 +80,40 @@ class DjangoProductRepository:
     def _get_in_one_statement(self, sku: str, orderid: str | None) -> Product | None:
         """Lock the product and read its batches and the named line in one round trip.
 
-        The reads share the statement's snapshot, taken before the lock was granted: if
-        another writer committed in between, they are stale. Every change to a product bumps
-        its version, so the snapshot is current exactly when the version it saw is the locked
-        row's; otherwise (a lock that had to wait) the batches and the line are read again.
+        The reads see the snapshot their statement started with, and another writer may have
+        committed between that and the lock (while this statement waited for it, or in the
+        instant before it reached the row). Every change to a product bumps its version, so
+        the reads are current exactly when the version the snapshot saw is the locked row's;
+        otherwise they are made again, in a statement of their own. The first statement takes
+        the lock only if it is free (SKIP LOCKED): a writer that finds it held waits in a
+        lean statement rather than have PostgreSQL evaluate the reads twice.
         """
+        reads = (
+            " (SELECT json_agg(json_build_array(b.id, b.reference, b.purchased_quantity,"
+            f"  b.allocated_quantity, b.eta) ORDER BY b.id) FROM {BATCHES} b WHERE b.sku = %s),"
+            f" (SELECT json_build_array(a.qty, a.batch_id, a.version) FROM {LINES} a"
+            "  WHERE a.sku = %s AND a.orderid = %s)"
+        )
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT p.version_number, (SELECT version_number FROM {PRODUCTS}"
-                "  WHERE sku = %s),"
-                " (SELECT json_agg(json_build_array(b.id, b.reference, b.purchased_quantity,"
-                f"  b.allocated_quantity, b.eta) ORDER BY b.id) FROM {BATCHES} b"
-                "  WHERE b.sku = p.sku),"
-                f" (SELECT json_build_array(a.qty, a.batch_id, a.version) FROM {LINES} a"
-                "  WHERE a.sku = p.sku AND a.orderid = %s)"
-                f" FROM {PRODUCTS} p WHERE p.sku = %s FOR UPDATE OF p",
-                [sku, orderid, sku],
+                f" WHERE sku = %s),{reads} FROM {PRODUCTS} p WHERE p.sku = %s"
+                " FOR UPDATE OF p SKIP LOCKED",
+                [sku, sku, sku, orderid, sku],
             )
             row = cursor.fetchone()
-        if row is None:
-            return None
-        version, seen, batches, line = row
-        if seen != version:
-            lines = orm.Allocation.objects.filter(sku=sku, orderid=orderid) if orderid else None
-            return self._load(sku, version, lines)
+            if row is None:  # no such product, or another writer holds it: wait for it
+                cursor.execute(
+                    f"SELECT version_number FROM {PRODUCTS} WHERE sku = %s FOR UPDATE", [sku]
+                )
+                locked = cursor.fetchone()
+                if locked is None:
+                    return None
+                row = (locked[0], None, None, None)
+            version, seen, batches, line = row
+            if seen != version:  # read again, now that the lock is held, in a new snapshot
+                cursor.execute(f"SELECT{reads}", [sku, sku, orderid])
+                batches, line = cursor.fetchone()
         loaded = [
             (pk, ref, purchased, allocated, date.fromisoformat(eta) if eta else None)
             for pk, ref, purchased, allocated, eta in parse_json(batches) or ()

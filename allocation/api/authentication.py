@@ -1,23 +1,30 @@
 """DRF token authentication with the token's user kept in the cache between requests.
 
 DRF asks the database for the token and its user on every request: on a read, that is as much
-work as the read itself. Here the token (with its user) is cached for
+work as the read itself, and a write's permission check asks twice more. Here what a token
+stands for (its user's id, name and flags, and the user's permissions) is cached for
 ALLOCATION_TOKEN_CACHE_SECONDS, and dropped from the cache the moment the token or its user is
-saved or deleted (signals below), so a revoked token or a deactivated user is refused at once.
-Changes made around the ORM's signals (QuerySet.update, raw SQL) take effect within the TTL.
-Permissions are not cached: they are read per request, as before. AllocationConfig.ready()
-imports this module in every process, so the signals are connected wherever tokens change.
+saved or deleted, or the user's groups or permissions, or a group's permissions, change
+(signals below): a revoked token, a deactivated user or a withdrawn permission is refused at
+once. Changes made around the ORM's signals (QuerySet.update, raw SQL) take effect within the
+TTL. AllocationConfig.ready() imports this module in every process, so the signals are
+connected wherever tokens and permissions change.
+
+No secret reaches the cache: an entry is named by a SHA-256 of the token, and holds neither the
+token nor the user's password hash, so whoever can read Redis cannot use what they find there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.cache import cache
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
@@ -29,7 +36,12 @@ KEY_LENGTH = Token._meta.get_field("key").max_length
 
 
 def cache_key(key: str) -> str:
-    return f"auth-token:{key}"
+    return f"auth-token:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+# What an entry keeps of the user: enough for authentication and permission checks (which read
+# the permissions themselves, per request).
+USER_FIELDS = ("pk", "username", "is_active", "is_staff", "is_superuser")
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
@@ -40,28 +52,35 @@ class TokenAuthentication(authentication.TokenAuthentication):
             raise exceptions.AuthenticationFailed("Invalid token.")
         # (A key longer than any token's is refused by the database, never looked up here.)
         seconds = settings.ALLOCATION_TOKEN_CACHE_SECONDS if len(key) <= KEY_LENGTH else 0
-        token = _cached(key) if seconds else None
-        if token is None:
+        user = _cached(key) if seconds else None
+        if user is None:
             user, token = super().authenticate_credentials(key)  # refuses unknown and inactive
             if seconds:
-                _cache(key, token, seconds)
+                _cache(key, user, seconds)
             return user, token
-        if not token.user.is_active:
+        if not user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
-        return token.user, token
+        return user, Token(key=key, user=user)
 
 
-def _cached(key: str) -> Token | None:
+def _cached(key: str) -> Any:
     try:
-        return cache.get(cache_key(key))
+        entry = cache.get(cache_key(key))
     except Exception as exc:  # the cache is an optimisation: without it, ask the database
         logger.debug("token cache unavailable: %s", exc)
         return None
+    if entry is None:
+        return None
+    fields, permissions = entry
+    user = get_user_model()(**fields)
+    user._perm_cache = set(permissions)  # what ModelBackend.has_perm reads, when it is there
+    return user
 
 
-def _cache(key: str, token: Token, seconds: int) -> None:
+def _cache(key: str, user: Any, seconds: int) -> None:
     try:
-        cache.set(cache_key(key), token, timeout=seconds)
+        entry = ({f: getattr(user, f) for f in USER_FIELDS}, sorted(user.get_all_permissions()))
+        cache.set(cache_key(key), entry, timeout=seconds)
     except Exception as exc:
         logger.debug("token cache unavailable: %s", exc)
 
@@ -87,6 +106,51 @@ def _token_changed(sender: Any, instance: Token, **kwargs: Any) -> None:
 def _user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
     if update_fields is not None and set(update_fields) == {"last_login"}:
         return  # every login saves this; it changes nothing a token stands for
-    keys = list(Token.objects.filter(user_id=instance.pk).values_list("key", flat=True))
+    forget_users([instance.pk])
+
+
+def forget_users(user_ids: Any) -> None:
+    keys = list(Token.objects.filter(user_id__in=list(user_ids)).values_list("key", flat=True))
     if keys:
         forget(*keys)
+
+
+User = get_user_model()
+
+
+def _changes(action: str) -> bool:
+    # pre_clear: after a clear there is nobody left to name
+    return action in ("post_add", "post_remove", "pre_clear")
+
+
+@receiver(m2m_changed, sender=User.groups.through, dispatch_uid="forget-on-groups")
+@receiver(m2m_changed, sender=User.user_permissions.through, dispatch_uid="forget-on-perms")
+def _user_permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """A user's groups or permissions changed, from the user's side or the other one."""
+    if not _changes(action):
+        return
+    if reverse:  # a group's members, or a permission's users, changed
+        forget_users(pk_set or instance.user_set.values_list("pk", flat=True))
+    else:
+        forget_users([instance.pk])
+
+
+@receiver(m2m_changed, sender=Group.permissions.through, dispatch_uid="forget-on-group-perms")
+def _group_permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """A group's permissions changed: every member's tokens go."""
+    if not _changes(action):
+        return
+    # Reverse: a permission's groups changed.
+    groups = (
+        (pk_set or instance.group_set.values_list("pk", flat=True)) if reverse else [instance.pk]
+    )
+    forget_users(User.objects.filter(groups__in=list(groups)).values_list("pk", flat=True))
+
+
+@receiver(pre_delete, sender=Group, dispatch_uid="forget-on-group-delete")
+def _group_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    forget_users(instance.user_set.values_list("pk", flat=True))

@@ -1,7 +1,8 @@
 """The book-compatible endpoints: `POST /add_batch` and `POST /allocate`.
 
 They dispatch commands through the bus and, before answering, wait (bounded) for the read
-models to reflect the write, so a client that reads straight away sees what it wrote.
+models to reflect the write, so a client that reads straight away sees what it wrote. Each
+needs the permission of its command, as the /api/v1 writes do (a 403 `{"message"}` otherwise).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rest_framework.views import APIView
 
 from allocation.api.commands import run_command
 from allocation.api.serializers import AddBatchCompatSerializer, AllocateCompatSerializer
+from allocation.api.v1.permissions import ALLOCATE, CREATE_BATCH, CommandPermission, requires
 from allocation.domain import commands
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ def correlation_id(request: Request) -> str:
 
 class CommandApi(APIView):
     serializer_class: type[serializers.Serializer]
+    permission_classes = [CommandPermission]
 
     def handle(self, request: Request, command: commands.Command):
         """Run the command, then wait for its projections (read-your-writes)."""
@@ -52,6 +55,7 @@ class BatchAddCompatApi(CommandApi):
 
     serializer_class = AddBatchCompatSerializer
 
+    @requires(CREATE_BATCH)
     def post(self, request: Request) -> Response:
         data = self.validated(request)
         eta = data["eta"].isoformat() if data["eta"] else None
@@ -64,6 +68,7 @@ class AllocateCompatApi(CommandApi):
 
     serializer_class = AllocateCompatSerializer
 
+    @requires(ALLOCATE)
     def post(self, request: Request) -> Response:
         data = self.validated(request)
         batchref = self.handle(request, commands.Allocate(**data))

@@ -11,15 +11,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def token_client(db) -> APIClient:
-    """Any authenticated token, with no command permission at all."""
+def token_client(allocators_group) -> APIClient:
+    """A token of a member of "allocators", as the book's client would use."""
     client = APIClient()
-    token = Token.objects.create(user=User.objects.create_user("book"))
+    user = User.objects.create_user("book")
+    user.groups.add(allocators_group)
+    token = Token.objects.create(user=user)
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     return client
 
 
-def test_the_book_flow_needs_no_command_permission(token_client):
+def test_the_book_flow(token_client):
     added = token_client.post("/add_batch", {"ref": "b1", "sku": "LAMP", "qty": 10, "eta": None})
     assert added.status_code == 201
     allocated = token_client.post("/allocate", {"orderid": "o1", "sku": "LAMP", "qty": 3})
@@ -28,6 +30,22 @@ def test_the_book_flow_needs_no_command_permission(token_client):
     assert token_client.get("/allocations/o1").json() == [{"sku": "LAMP", "batchref": "b1"}]
     out = token_client.post("/allocate", {"orderid": "o2", "sku": "LAMP", "qty": 30})
     assert (out.status_code, out.json()) == (202, {"batchref": None})
+
+
+def test_the_book_writes_need_the_permissions_of_their_commands(db):
+    """As /api/v1 does: a user who may only read gets a 403 in the book's shape."""
+    reader = APIClient()
+    reader.credentials(
+        HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=User.objects.create_user('r')).key}"
+    )
+    for path, body in (
+        ("/add_batch", {"ref": "b1", "sku": "LAMP", "qty": 10, "eta": None}),
+        ("/allocate", {"orderid": "o1", "sku": "LAMP", "qty": 3}),
+    ):
+        refused = reader.post(path, body)
+        assert refused.status_code == 403, path
+        assert set(refused.json()) == {"message"}
+    assert reader.get("/allocations/o1").status_code == 404  # reading is still allowed
 
 
 def test_compat_errors_keep_the_message_format(token_client):

@@ -72,9 +72,11 @@ WRITES = [
         "POST", "/api/v1/allocations", {"orderid": "o2", "sku": SKU, "qty": 1}, "allocate", 201
     ),
     Endpoint("DELETE", f"/api/v1/orders/{ORDER}/allocations/{SKU}", None, "cancel_allocation", 204),
-    # the book-compatible writes need only a user
-    Endpoint("POST", "/add_batch", {"ref": "b3", "sku": SKU, "qty": 2, "eta": None}, "user", 201),
-    Endpoint("POST", "/allocate", {"orderid": "o3", "sku": SKU, "qty": 1}, "user", 202),
+    # the book-compatible writes need the same permissions as their /api/v1 twins
+    Endpoint(
+        "POST", "/add_batch", {"ref": "b3", "sku": SKU, "qty": 2, "eta": None}, "create_batch", 201
+    ),
+    Endpoint("POST", "/allocate", {"orderid": "o3", "sku": SKU, "qty": 1}, "allocate", 202),
 ]
 
 

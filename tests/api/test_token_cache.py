@@ -116,3 +116,88 @@ def test_a_login_keeps_the_token_cached(token):
     User.objects.get(pk=token.user_id).save(update_fields=["last_login"])
 
     assert token_queries(client) == (200, 0)
+
+
+def test_no_secret_reaches_redis(token, settings):
+    """Whoever can read the cache's Redis finds neither a token nor a password hash there."""
+    import redis
+
+    prefix = f"secrets-{uuid.uuid4().hex}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "config.cache.ReusingRedisCache",
+            "LOCATION": settings.REDIS_URL,
+            "KEY_PREFIX": prefix,
+        }
+    }
+    client = client_with(token)
+    for _ in range(3):
+        assert client.get("/api/v1/stock").status_code == 200
+    assert client.get("/api/v1/stock").wsgi_request.user.username == "clerk"  # from the cache
+
+    server = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(server.scan_iter(f"{prefix}*"))
+        values = [server.get(k) or b"" for k in keys]
+        if keys:
+            server.delete(*keys)
+    finally:
+        server.close()
+    assert keys  # the token was cached
+    password = User.objects.get(username="clerk").password
+    for key, value in zip(keys, values, strict=True):
+        assert token.key.encode() not in key
+        assert token.key.encode() not in value
+        assert password.encode() not in value
+
+
+def write_status(token: Token) -> int:
+    """A write that needs allocation.create_batch (refused: 403; let in: 201 or a domain 4xx)."""
+    body = {"ref": f"b-{uuid.uuid4().hex[:8]}", "sku": "LAMP", "qty": 1}
+    return client_with(token).post("/api/v1/batches", body, format="json").status_code
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "withdraw",
+    [
+        "leave the group",
+        "group loses the permission",
+        "group deleted",
+        "permission removed from the user",
+    ],
+)
+def test_a_withdrawn_permission_is_refused_at_once(token, allocators_group, withdraw):
+    from django.contrib.auth.models import Permission
+
+    user = token.user
+    create_batch = Permission.objects.get(codename="create_batch")
+    if withdraw == "permission removed from the user":
+        user.user_permissions.add(create_batch)
+    else:
+        user.groups.add(allocators_group)
+    assert write_status(token) == 201
+    assert write_status(token) == 201  # from the cache now: no question to the database
+
+    if withdraw == "leave the group":
+        allocators_group.user_set.remove(user)
+    elif withdraw == "group loses the permission":
+        allocators_group.permissions.remove(create_batch)
+    elif withdraw == "group deleted":
+        allocators_group.delete()
+    else:
+        create_batch.user_set.clear()
+
+    assert write_status(token) == 403
+
+
+def test_permissions_come_from_the_cache_too(token, allocators_group):
+    token.user.groups.add(allocators_group)
+    client = client_with(token)
+    body = lambda: {"ref": f"b-{uuid.uuid4().hex[:8]}", "sku": "LAMP", "qty": 1}  # noqa: E731
+    client.post("/api/v1/batches", body(), format="json")
+
+    with CaptureQueriesContext(connection) as queries:
+        assert client.post("/api/v1/batches", body(), format="json").status_code == 201
+    asked = [q["sql"] for q in queries.captured_queries if "auth_" in q["sql"]]
+    assert asked == []  # neither the token, nor the user, nor their permissions

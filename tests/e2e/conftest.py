@@ -40,7 +40,10 @@ def pytest_runtest_makereport(item, call):
 def stack() -> Iterator[Stack]:
     # Package scope: one stack for all of tests/e2e, stopped after its last test, so that its
     # consumer and worker are not still listening while the other layers run in the session.
-    with running_stack(StackConfig()) as running:
+    # A write waits for its projections (the ring ends the wait as soon as they commit), so a
+    # test that reads straight after it sees it even on a machine slow enough to need seconds.
+    config = StackConfig(env={"ALLOCATION_READ_YOUR_WRITES_TIMEOUT": "30"})
+    with running_stack(config) as running:
         yield running
 
 

@@ -44,9 +44,15 @@ BIN = Path(sys.executable).parent
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 DB_NAME = "allocation_e2e"
 REDIS_DB = 13
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+# Two checkouts may run their tests at once on one machine: each gives its own namespace (a
+# suffix of every stack's database) and, for the shared stack, a Redis of its own.
+NAMESPACE = os.environ.get("ALLOCATION_TEST_NAMESPACE", "")
+REDIS_URL = os.environ.get("E2E_REDIS_URL", f"redis://127.0.0.1:6379/{REDIS_DB}")
 
 STARTUP_TIMEOUT = 30.0
+# How long a test waits for what another process does. Generous: a busy CI machine is slow,
+# and a test that passes waits only as long as the work takes.
+E2E_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 40
 
@@ -604,7 +610,7 @@ class Subscription:
             if isinstance(m, dict) and all(m.get(k) == v for k, v in fields.items())
         ]
 
-    def wait_for(self, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    def wait_for(self, timeout: float = E2E_TIMEOUT, **fields: Any) -> dict[str, Any]:
         """The first message whose fields include `fields`, waiting at most `timeout`."""
         deadline = time.monotonic() + timeout
         while not self.matching(**fields):
@@ -650,8 +656,10 @@ def wait_for_consumer(client: redis.Redis, consumer: Process, timeout: float) ->
 
 CREATE_USER = """
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from rest_framework.authtoken.models import Token
 user = get_user_model().objects.create_user("e2e", password="e2e-not-used")
+user.groups.add(Group.objects.get(name="allocators"))  # every command's permission
 print("TOKEN", Token.objects.create(user=user).key)
 """
 
@@ -684,6 +692,8 @@ class StackConfig:
     def __post_init__(self):
         unknown = set(self.processes) - set(ROLES)
         assert not unknown, f"unknown roles {unknown}; a stack runs some of {ROLES}"
+        if NAMESPACE and not self.database.endswith(f"_{NAMESPACE}"):
+            self.database = f"{self.database}_{NAMESPACE}"
 
 
 class Stack:

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from tests.e2e.harness import wait_until
+from tests.e2e.harness import E2E_TIMEOUT, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ def test_out_of_stock_is_accepted_but_allocates_nothing(stack, api, unique):
     # The worker mails the stock team (console email backend: the mail lands in its log).
     wait_until(
         lambda: f"Subject: Out of stock: {sku}" in stack.worker.log() + stack.worker.log("stdout"),
-        10,
+        E2E_TIMEOUT,
         f"the worker to send the out-of-stock email for {sku}",
     )
     # The stock is still there for an order that fits.
@@ -112,7 +112,7 @@ def test_events_are_delivered_by_the_celery_worker_not_eagerly(stack, api, uniqu
     assert api.batchref_of(order) == batch
     wait_until(
         lambda: len(succeeded.findall(stack.worker.log())) > before,
-        10,
+        E2E_TIMEOUT,
         "the worker to log an allocation.deliver task as succeeded",
     )
     assert "allocation.deliver" not in stack.web.log() + stack.web.log("stdout")

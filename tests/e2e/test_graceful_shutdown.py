@@ -113,8 +113,11 @@ def test_sigterm_to_the_consumer_mid_stream_leaves_no_message_half_handled(stack
         for i, ref in enumerate(refs):
             publish(client, CHANGE_BATCH_QUANTITY, json.dumps({"batchref": ref, "qty": 7}))
             if i == 10:
+                # Mid-stream: once it has handled one, with the rest on their way.
+                consumer.wait_for_log(rf"ChangeBatchQuantity\(ref='{refs[0]}'", 60, "both")
                 consumer.popen.send_signal(signal.SIGTERM)
-        assert consumer.popen.wait(15) == 0, consumer.logs()
+        wait_until(lambda: not consumer.alive(), 60, "the consumer to stop")
+        assert consumer.popen.returncode == 0, consumer.logs()
     finally:
         client.close()
 

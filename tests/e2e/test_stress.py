@@ -56,6 +56,7 @@ DATABASE = "allocation_e2e_stress"
 ARTIFACTS_SUBFOLDER = "e2e-stress"
 CLIENTS = 32
 DURATION = 20.0
+MIN_CALLS = 12  # per client
 DRAIN_TIMEOUT = 120.0
 SEED = 20_261_126
 SKUS = ("STRESS-LAMP", "STRESS-DESK", "STRESS-RUG")
@@ -171,8 +172,13 @@ class Client:
         return f"{prefix}-{self.number}-{self.counter}"
 
     def run(self) -> None:
+        """Until the deadline, and at least MIN_CALLS calls however slow the machine is (the
+        contention the tests look for needs that many), within a hard limit."""
         ops, weights = list(MIX), list(MIX.values())
-        while time.monotonic() < self.deadline:
+        limit = self.deadline + DURATION * 5
+        while (time.monotonic() < self.deadline or len(self.calls) < MIN_CALLS) and (
+            time.monotonic() < limit
+        ):
             getattr(self, self.rng.choices(ops, weights)[0])()
 
     # the operations
@@ -222,15 +228,6 @@ class Client:
 
 
 # --- the run --------------------------------------------------------------------------------
-
-
-def make_e2e_an_allocator(stack: Stack) -> None:
-    with stack.connect() as conn:
-        added = conn.execute(
-            "INSERT INTO auth_user_groups (user_id, group_id) SELECT u.id, g.id"
-            " FROM auth_user u, auth_group g WHERE u.username = 'e2e' AND g.name = 'allocators'"
-        ).rowcount
-    assert added == 1, "no user e2e or no group allocators"
 
 
 def seed(stack: Stack, shared: Shared) -> None:
@@ -284,7 +281,6 @@ def stack() -> Iterator[Stack]:
         worker_concurrency=2,
         web_workers=3,
         artifacts=ARTIFACTS_SUBFOLDER,
-        after_migrate=make_e2e_an_allocator,
     )
     try:
         broker.start()
@@ -309,7 +305,7 @@ def run(stack: Stack, log_dir) -> Outcome:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(DURATION + 60)
+        thread.join(DURATION * 6 + 60)
     assert not any(t.is_alive() for t in threads), "a client is stuck"
     stopped = time.monotonic()
     wait_until(lambda: pending(stack) == 0, DRAIN_TIMEOUT, "no pending delivery", pause=0.5)
@@ -377,7 +373,7 @@ def test_the_load_was_real_and_no_answer_was_a_5xx(outcome):
     ops = Counter(c.op for c in outcome.calls if 200 <= c.status < 300)
     # every kind of operation happened, and contention produced refusals and moved lines
     assert set(ops) == set(MIX), report
-    assert len(outcome.calls) > 10 * CLIENTS, report
+    assert len(outcome.calls) >= MIN_CALLS * CLIENTS, report
     codes = Counter(c.code for c in outcome.calls)
     assert codes["out_of_stock"] and codes["not_allocated"], report
     types = Counter(e["type"] for e in outcome.events)

@@ -87,3 +87,19 @@ def test_concurrent_creation_of_one_new_product_retries_instead_of_failing(bus):
     assert errors == {}
     assert orm.Product.objects.get(sku="NEW").version_number == 8
     assert orm.Batch.objects.filter(product_id="NEW").count() == 8
+
+
+def test_many_writers_of_one_product_never_lose_an_update(bus):
+    """Every allocation reads the counters the previous writer left, however the lock was
+    taken (at once, after a wait, or just after another writer let go)."""
+    bus.handle(commands.CreateBatch("deep", "CROWDED", 100_000, None))
+
+    def allocate_many(i):
+        return [bus.handle(commands.Allocate(f"c{i}-{n}", "CROWDED", 1)) for n in range(60)]
+
+    results, errors = run_in_threads(allocate_many, count=8)
+
+    assert errors == {}
+    assert sum(len(r) for r in results.values()) == 480
+    assert_consistent("CROWDED")
+    assert orm.Batch.objects.get(reference="deep").allocated_quantity == 480

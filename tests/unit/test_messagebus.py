@@ -209,7 +209,7 @@ def test_without_the_reallocate_handler_a_deallocated_line_stays_unallocated():
 
 
 def test_one_bus_serves_two_threads_at_once_each_with_its_own_result():
-    barrier = threading.Barrier(2, timeout=5)
+    barrier = threading.Barrier(2, timeout=60)
 
     def allocate_in_step(cmd, uow):
         barrier.wait()  # both commands are inside bus.handle before either goes on
@@ -232,7 +232,7 @@ def test_one_bus_serves_two_threads_at_once_each_with_its_own_result():
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=5)
+        thread.join(timeout=60)
 
     assert results == {"o-lamp": "lamps", "o-chair": "chairs"}
     allocated = {row.correlation_id: row.event() for row in store.events.values()}
