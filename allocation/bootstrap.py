@@ -5,6 +5,7 @@ The routing tables below are the whole event flow on one screen.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,22 +79,38 @@ class GroupSpec:
 
     handlers: tuple[Callable[..., Any], ...]
     together: Callable[[dict[str, Any]], Any] | None = None  # dependencies -> context factory
-    transactional: bool = True
 
 
-# The deliveries of one worker step that share a transaction, group by group in this order:
-# the projections first (read-your-writes waits for them), applied as sets; then the Redis
-# publishes, in one pipeline, whose done-mark follows them (at-least-once already: a crash in
-# between publishes again, with the same event id). Every other handler (email, reallocation)
-# runs in a transaction of its own.
+# The deliveries of one worker step that share a transaction, group by group in this order;
+# every other handler (email, reallocation) runs in a transaction of its own. The projections
+# and the quick Redis publishes share one: the projections are applied as sets, then the
+# publishes go out in one pipeline, then one done-mark for them all commits. A crash before
+# that commit publishes again, with the same event id (the publishes are at-least-once).
 TRANSACTION_GROUPS = (
-    GroupSpec(projections.READ_MODEL_HANDLERS, lambda deps: projections.applied_together),
     GroupSpec(
-        (notify.publish_allocated_event, notify.append_to_event_stream),
-        lambda deps: deps["publish"].pipelined,
-        transactional=False,
+        (
+            *projections.READ_MODEL_HANDLERS,
+            notify.publish_allocated_event,
+            notify.append_to_event_stream,
+        ),
+        lambda deps: together(deps["publish"].pipelined, projections.applied_together),
     ),
 )
+
+
+def together(*contexts: Callable[[], Any]) -> Callable[[], Any]:
+    """One context made of several, entered in order and left in reverse: here the
+    projections' SQL runs before the Redis pipeline is sent."""
+
+    @contextlib.contextmanager
+    def entered():
+        with contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context())
+            yield
+
+    return entered
+
 
 # The handlers whose effects read-your-writes waits for.
 READ_MODEL_HANDLERS = frozenset(handler_name(h) for h in projections.READ_MODEL_HANDLERS)
@@ -202,7 +219,6 @@ def bootstrap(
             Group(
                 frozenset(handler_name(h) for h in spec.handlers),
                 spec.together(dependencies) if spec.together else None,
-                spec.transactional,
             )
             for spec in groups
         ],

@@ -5,8 +5,8 @@ A step (`run_due`):
 1. takes up to `batch_size` due deliveries in one statement, which counts an attempt for each
    and leases them, committed at once (a handler that kills its process has used an attempt);
 2. runs them group by group (`Group`), each group in one transaction: the read-model
-   projections first (read-your-writes waits for them), then the Redis publishes. A group
-   with a `together` context applies its handlers' effects as sets when the context exits (one
+   projections and the Redis publishes (bootstrap.TRANSACTION_GROUPS). A group with a
+   `together` context applies its handlers' effects as sets when the context exits (one
    statement per table, one Redis pipeline) and marks them done in one statement; its handlers
    must be idempotent, since it takes no row lock per delivery;
 3. runs every other delivery (email, reallocation) in a transaction of its own, holding its
@@ -43,8 +43,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Group:
-    """Deliveries that share one transaction in a step (or, with `transactional` off, one
-    done-mark statement: their effects are outside the database).
+    """Deliveries that share one transaction in a step.
 
     `together`, when given, opens a context inside which the handlers' calls only collect
     their effects, applied as sets when it exits (see the module's docstring).
@@ -52,15 +51,16 @@ class Group:
 
     handlers: frozenset[str]
     together: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
-    transactional: bool = True
 
 
 @dataclass
 class Step:
-    """What one step did: how many deliveries it took, and which of them it could not finish
-    because the database was unreachable (worth another try soon, not a backoff)."""
+    """What one step did: how many deliveries it took, from how many chains (requests, as a
+    rule), and which it could not finish because the database was unreachable (worth another
+    try soon, not a backoff)."""
 
     taken: int = 0
+    chains: int = 0
     interrupted: list[int] = field(default_factory=list)
 
 
@@ -100,9 +100,7 @@ class DeliveryRunner:
         if len(taken) >= limit:
             # More may be due: let another worker process take the next ones meanwhile.
             self._ask_for_help(taken)
-        step = self.run(taken)
-        step.taken = len(taken)
-        return step
+        return self.run(taken)
 
     def _ask_for_help(self, taken: list[PendingDelivery]) -> None:
         if self.ask_for_help is None:
@@ -116,14 +114,11 @@ class DeliveryRunner:
     def deliver(self, delivery_ids: Sequence[int]) -> Step:
         """Run these deliveries now, if they are pending and no step holds them, and nothing
         else (for operators and tests: a step takes whatever is due)."""
-        taken = self._uow().take_due(0, list(delivery_ids))
-        step = self.run(taken)
-        step.taken = len(taken)
-        return step
+        return self.run(self._uow().take_due(0, list(delivery_ids)))
 
     def run(self, taken: Sequence[PendingDelivery]) -> Step:
         """Run deliveries already taken (their attempts counted)."""
-        step = Step()
+        step = Step(taken=len(taken), chains=len({d.correlation_id for d in taken}))
         for group in self.groups:
             members = sorted((d for d in taken if d.handler in group.handlers), key=sku_of)
             if members:
@@ -140,18 +135,12 @@ class DeliveryRunner:
             return self._run_in_savepoints(deliveries)
         uow = self._uow()
         try:
-            if group.transactional:
-                with uow:
-                    with group.together():
-                        for delivery in deliveries:
-                            self._run_delivery(delivery, uow)
-                    uow.deliveries.mark_done([d.id for d in deliveries])
-                    uow.commit()
-            else:
+            with uow:
                 with group.together():
                     for delivery in deliveries:
-                        self._run_delivery(delivery, None)
-                uow.finish([d.id for d in deliveries])
+                        self._run_delivery(delivery, uow)
+                uow.deliveries.mark_done([d.id for d in deliveries])
+                uow.commit()
         except Exception as exc:
             # One of them failed, or the transaction as a whole (a lost race, a lost
             # connection): run each alone, so that the one at fault fails alone.
@@ -249,24 +238,22 @@ class DeliveryRunner:
             except Exception:
                 logger.warning("on_delivered failed for %s", [d.id for d in done], exc_info=True)
 
-    def _run_delivery(self, delivery: PendingDelivery, uow: AbstractUnitOfWork | None) -> None:
+    def _run_delivery(self, delivery: PendingDelivery, uow: AbstractUnitOfWork) -> None:
         with traced(
             correlation_id=delivery.correlation_id,
             causation_id=delivery.event_id,
             handling=f"{type(delivery.event).__name__} -> {delivery.handler}",
             sku=delivery.event.sku,
         ):
-            if uow is not None:  # what the handler or its commands write joins the chain
-                uow.context = MessageContext(
-                    correlation_id=delivery.correlation_id, causation_id=delivery.event_id
-                )
+            # What the handler or its commands write joins the chain.
+            uow.context = MessageContext(
+                correlation_id=delivery.correlation_id, causation_id=delivery.event_id
+            )
             follow_ups = self._handler(delivery.handler)(
                 delivery.event, uow=uow, event_id=delivery.event_id
             )
-            if follow_ups:
-                assert uow is not None, f"{delivery.handler} may not issue commands here"
-                for command in follow_ups:
-                    self.bus.run_command(command, uow)
+            for command in follow_ups or ():
+                self.bus.run_command(command, uow)
 
     def _handler(self, name: str) -> Handler:
         try:

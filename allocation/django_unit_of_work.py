@@ -49,9 +49,6 @@ class DjangoUnitOfWork(AbstractUnitOfWork):
     def take_due(self, limit: int, also: list[int] = ()) -> list[PendingDelivery]:
         return self.deliveries.take_due(limit, also)
 
-    def finish(self, delivery_ids: list[int]) -> None:
-        self.deliveries.mark_done(delivery_ids)
-
     def is_conflict(self, exc: BaseException) -> bool:
         return is_conflict(exc)
 

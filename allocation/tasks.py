@@ -14,55 +14,90 @@ from allocation.apps import get_runner
 logger = logging.getLogger(__name__)
 
 
-# How long one message keeps a worker stepping: long enough that a busy period costs few
-# broker messages, short enough that the task never nears its time limit.
+# How long one message keeps a worker stepping in a busy period: long enough that a busy
+# period costs few broker messages, short enough that the task never nears its time limit.
 BUSY_SECONDS = 1.0
+
+
+class Interrupted(Exception):
+    """The database went away during a step; these deliveries are worth another try soon."""
+
+    def __init__(self, deliveries: list[int]):
+        super().__init__(deliveries)
+        self.deliveries = deliveries
 
 
 @shared_task(bind=True, name="allocation.deliver", max_retries=None)
 def deliver_task(self, delivery_ids: list[int] | None = None) -> int:
-    """Worker steps over the due deliveries (and `delivery_ids`, due or not, if pending),
-    one after another while there is work, for up to BUSY_SECONDS.
+    """A worker step over the due deliveries (and `delivery_ids`, due or not, if pending).
 
-    Sent by the doorbell after commits (allocation/wakeups.py). If the database cannot be
-    reached, the task is tried again within a sweep interval, with the deliveries it had
-    taken, for as long as their lease would otherwise hold them back; after that the sweep
-    takes them as it takes any due delivery.
+    Sent by the doorbell after commits (allocation/wakeups.py). It answers the doorbell first,
+    so later commits ring again. A step that found the work of several requests is a sign of
+    a busy period: the worker then holds the doorbell and steps on while there is work (see
+    `_step_while_busy`), so that the commits of a busy period send no message at all.
+
+    If the database cannot be reached, the task is tried again within a sweep interval, with
+    the deliveries it had taken, for as long as their lease would otherwise hold them back;
+    after that the sweep takes them as it takes any due delivery.
     """
     from allocation.wakeups import configured
 
     wakeups = configured()
     runner = get_runner()
-    deadline = time.monotonic() + BUSY_SECONDS
-    also, total = list(delivery_ids or []), 0
+    also = list(delivery_ids or [])
     try:
-        while True:
-            step = runner.run_due(also=also)
-            also, total = [], total + step.taken
-            if step.interrupted:
-                return _again_soon(self, step.interrupted)
-            if step.taken and time.monotonic() < deadline:
-                continue  # busy: the doorbell stays set, commits send nothing
-            if wakeups is None:
-                return total
+        if wakeups is not None:
             wakeups.answer_doorbell()
-            if step.taken:  # out of time while busy: another message carries on
-                runner.bus.wake_workers([step])
-                return total
-            # Quiet. A commit that found the doorbell set before the delete is seen now.
-            step = runner.run_due()
-            total += step.taken
-            if step.interrupted:
-                return _again_soon(self, step.interrupted)
-            if not step.taken:
-                return total
-            wakeups.hold_doorbell()
+        step = runner.run_due(also=also)
+        also = []
+        if step.interrupted:
+            raise Interrupted(step.interrupted)
+        if step.chains <= 1:
+            return step.taken  # quiet: a later commit rings for itself
+        return step.taken + _step_while_busy(runner, wakeups)
+    except Interrupted as cut:
+        return _again_soon(self, cut.deliveries)
     except Exception as exc:
         if not database.unavailable(exc):
             raise
         database.heal()
         logger.warning("worker step: the database is unavailable (%s)", exc)
         return _again_soon(self, also)
+
+
+def _step_while_busy(runner, wakeups) -> int:
+    """Hold the doorbell and step on while steps find work, for up to BUSY_SECONDS.
+
+    When a step finds nothing, let go of the doorbell, then look once more: a commit that
+    found it held committed before the delete, so this look sees it. Out of time with work
+    left, let go and ring, so that another message carries on.
+    """
+    deadline = time.monotonic() + BUSY_SECONDS
+    total = 0
+    while True:
+        if wakeups is not None:
+            wakeups.hold_doorbell()
+        while True:
+            step = runner.run_due()
+            total += step.taken
+            if step.interrupted:
+                raise Interrupted(step.interrupted)
+            if not step.taken:
+                break
+            if time.monotonic() >= deadline:
+                if wakeups is not None:
+                    wakeups.answer_doorbell()
+                runner.bus.wake_workers(["work left"])
+                return total
+        if wakeups is None:
+            return total
+        wakeups.answer_doorbell()
+        step = runner.run_due()
+        total += step.taken
+        if step.interrupted:
+            raise Interrupted(step.interrupted)
+        if not step.taken:
+            return total
 
 
 def _again_soon(task, unfinished: list[int]) -> int:

@@ -155,13 +155,6 @@ class AbstractUnitOfWork(abc.ABC):
             self.commit()
         return taken
 
-    def finish(self, delivery_ids: list[int]) -> None:
-        """Mark deliveries done in a transaction of their own (their effects are outside the
-        database: a Redis publish, say)."""
-        with self:
-            self.deliveries.mark_done(delivery_ids)
-            self.commit()
-
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A transaction inside the transaction: an error in it undoes only its own work."""

@@ -106,6 +106,8 @@ def applied_together() -> Iterator[None]:
         yield
     finally:
         _collecting.reset(token)
+    if not (together.lines or together.purchases):
+        return
     if connection.vendor == "postgresql":
         _apply_sets(together)
     else:

@@ -196,24 +196,26 @@ def test_with_redis_gone_the_doorbell_sends_a_step_every_time():
     assert sent == ["step", "step"]
 
 
-def test_a_commit_that_finds_the_doorbell_held_is_delivered_by_the_busy_worker(
+def test_a_quiet_worker_lets_each_commit_ring_and_a_busy_one_holds_the_doorbell(
     redis_client, redis_wakeups, monkeypatch
 ):
-    """The protocol end to end: a worker holds the doorbell while it works; a commit during that
-    time sends no message, and the worker delivers it all the same before it lets go."""
+    """The protocol end to end. A step that finds one request's work answers the doorbell and
+    stops: the next commit rings for itself. A step that finds several requests' work holds
+    the doorbell and steps on: a commit then sends no message, and is delivered all the same
+    before the worker lets go."""
     from allocation import tasks
     from allocation.bootstrap import EVENT_HANDLERS
     from allocation.domain import events
 
-    sent, committed_during_the_step = [], []
+    sent, seen_held = [], []
 
     def meanwhile(event):
-        """Runs inside the worker's first step: another process commits then."""
-        if not committed_during_the_step:
-            in_thread(lambda: wiring.bus.handle(commands.CreateBatch("b2", "DESK", 5, None))).join(
-                60
-            )
-            committed_during_the_step.append(True)
+        """Another process commits while the worker works."""
+        follow_up = {"b-a": "b-d", "b-d": "b-c"}.get(event.ref)
+        if follow_up:
+            seen_held.append(bool(redis_client.exists(DOORBELL)))
+            command = commands.CreateBatch(follow_up, "DESK", 5, None)
+            in_thread(lambda: wiring.bus.handle(command)).join(60)
 
     routing = {
         k: [*v, meanwhile] if k is events.BatchCreated else v for k, v in EVENT_HANDLERS.items()
@@ -226,11 +228,24 @@ def test_a_commit_that_finds_the_doorbell_held_is_delivered_by_the_busy_worker(
     monkeypatch.setattr(wakeups, "configured", lambda: redis_wakeups)
     redis_client.delete(DOORBELL)
 
-    wiring.bus.handle(commands.CreateBatch("b1", "LAMP", 5, None))  # rings: one message
+    # Quiet: one request, one message, one step, and the worker stops.
+    wiring.bus.handle(commands.CreateBatch("b-q", "LAMP", 5, None))
     assert sent == ["step"]
-    tasks.deliver_task.apply()  # the worker that got it
+    assert tasks.deliver_task.apply().result > 0
+    assert redis_client.get(DOORBELL) is None
+    wiring.bus.handle(commands.CreateBatch("b-q2", "LAMP", 5, None))
+    assert sent == ["step", "step"]  # rang for itself
+    tasks.deliver_task.apply()
 
-    assert committed_during_the_step == [True]
-    assert sent == ["step"]  # the second commit found the doorbell held: no message
-    assert not Delivery.objects.filter(status="pending").exists()  # and was delivered
+    # Busy: two requests before the worker looks; it holds the doorbell and steps on.
+    sent.clear()
+    wiring.bus.handle(commands.CreateBatch("b-a", "LAMP", 5, None))
+    wiring.bus.handle(commands.CreateBatch("b-b", "LAMP", 5, None))  # found it set: no message
+    assert sent == ["step"]
+    tasks.deliver_task.apply()
+
+    # b-d was committed in the first step (not yet held: it rang), b-c in a later one (held).
+    assert seen_held == [False, True]
+    assert sent == ["step", "step"]  # b-c sent nothing...
+    assert not Delivery.objects.filter(status="pending").exists()  # ...and was delivered
     assert redis_client.get(DOORBELL) is None  # let go: the next commit rings again
